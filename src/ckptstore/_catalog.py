@@ -1,0 +1,208 @@
+"""The SQLite index: a cache of manifests and refs that makes listing and queries fast.
+
+It holds nothing that is not also in the store's files, so it is rebuilt whenever it is missing, damaged or of
+another schema, and reconciled with the manifests on every open (a directory listing: cheap), so a crash
+between a manifest write and the index update never hides a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from ._failpoints import failpoint
+from ._info import CheckpointInfo
+from ._manifest import Manifest
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    run TEXT NOT NULL,
+    step INTEGER,
+    created_at REAL NOT NULL,
+    parent TEXT,
+    message TEXT,
+    logical_bytes INTEGER NOT NULL,
+    file_count INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints (run, step);
+CREATE TABLE IF NOT EXISTS blob_refs (
+    checkpoint TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (checkpoint, digest)
+);
+CREATE INDEX IF NOT EXISTS blob_refs_digest ON blob_refs (digest);
+CREATE TABLE IF NOT EXISTS tags (run TEXT NOT NULL, tag TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (run, tag));
+"""
+
+_COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, file_count, metrics, metadata"
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = self._open()
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError("schema mismatch")
+            db.execute("SELECT count(*) FROM checkpoints").fetchone()
+            return db
+        except sqlite3.DatabaseError:
+            # A cache that cannot be read is thrown away and rebuilt from the manifests.
+            try:
+                db.close()  # type: ignore[possibly-undefined]
+            except Exception:
+                pass
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            db = self._open()
+            return db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 60000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # a cache: losing the last transaction on power loss is fine
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        return db
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def add_many(self, items: Iterable[tuple[str, Manifest]]) -> None:
+        items = list(items)
+        if not items:
+            return
+        failpoint("index.update")
+        with self._tx():
+            for cid, m in items:
+                self.db.execute("DELETE FROM checkpoints WHERE name = ? AND id != ?", (m.name, cid))
+                self.db.execute(
+                    f"INSERT OR REPLACE INTO checkpoints ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        cid, m.name, m.run, m.step, m.created_at, m.parent, m.message, m.logical_bytes,
+                        len(m.files), json.dumps(m.metrics), json.dumps(m.metadata, default=str),
+                    ),
+                )
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO blob_refs (checkpoint, digest, size) VALUES (?,?,?)",
+                    [(cid, d, s) for d, s in m.blob_refs().items()],
+                )
+
+    def remove_many(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        failpoint("index.update")
+        with self._tx():
+            for cid in ids:
+                self.db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
+                self.db.execute("DELETE FROM blob_refs WHERE checkpoint = ?", (cid,))
+
+    def set_tags(self, tags: dict[tuple[str, str], str]) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM tags")
+            self.db.executemany(
+                "INSERT INTO tags (run, tag, id) VALUES (?,?,?)", [(r, t, i) for (r, t), i in tags.items()]
+            )
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM checkpoints")}
+
+    def tags(self) -> dict[tuple[str, str], str]:
+        return {(r, t): i for r, t, i in self.db.execute("SELECT run, tag, id FROM tags")}
+
+    def id_for_name(self, name: str) -> str | None:
+        row = self.db.execute("SELECT id FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM checkpoints WHERE id LIKE ? ORDER BY id", (prefix + "%",))]
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM checkpoints ORDER BY name")]
+
+    def runs(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run")]
+
+    def infos(self, *, run: str | None = None, ids: Iterable[str] | None = None) -> list[CheckpointInfo]:
+        sql = f"SELECT {_COLUMNS} FROM checkpoints"
+        args: list = []
+        if run is not None:
+            sql += " WHERE run = ?"
+            args.append(run)
+        rows = self.db.execute(sql, args).fetchall()
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r[0] in wanted]
+        tags: dict[str, list[str]] = {}
+        for (_run, tag), cid in sorted(self.tags().items()):
+            tags.setdefault(cid, []).append(tag)
+        out = [
+            CheckpointInfo(
+                id=r[0], name=r[1], run=r[2], step=r[3], created_at=r[4], parent=r[5], message=r[6],
+                logical_bytes=r[7], file_count=r[8], metrics=json.loads(r[9]), metadata=json.loads(r[10]),
+                tags=tuple(tags.get(r[0], ())),
+            )
+            for r in rows
+        ]
+        # Newest first: by creation time, then numerically by step (never lexically by name).
+        out.sort(key=lambda c: (c.created_at, c.step if c.step is not None else -1, c.name), reverse=True)
+        return out
+
+    def stored_bytes(self) -> tuple[int, int]:
+        """(bytes, count) of distinct blobs referenced by at least one checkpoint."""
+        row = self.db.execute("SELECT coalesce(sum(size), 0), count(*) FROM (SELECT DISTINCT digest, size FROM blob_refs)").fetchone()
+        return int(row[0]), int(row[1])
+
+    def run_unique_bytes(self) -> dict[str, int]:
+        """For each run, bytes of blobs that no other run references (what removing the run would free)."""
+        rows = self.db.execute(
+            """
+            SELECT run, coalesce(sum(size), 0) FROM (
+                SELECT b.digest AS digest, min(b.size) AS size, min(c.run) AS run
+                FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint
+                GROUP BY b.digest HAVING count(DISTINCT c.run) = 1
+            ) GROUP BY run
+            """
+        ).fetchall()
+        return {r: int(s) for r, s in rows}
+
+    def blob_refcount(self, digests: Iterable[str]) -> dict[str, int]:
+        out = {}
+        for d in digests:
+            out[d] = self.db.execute("SELECT count(*) FROM blob_refs WHERE digest = ?", (d,)).fetchone()[0]
+        return out
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")

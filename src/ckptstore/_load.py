@@ -1,0 +1,169 @@
+"""From blobs back to tensors and folders: a state dict mapped from the blobs, byte-exact export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ._backend import copy_into
+from ._manifest import FileEntry, Manifest, TensorEntry
+from ._objects import BlobRef, ObjectStore, hash_bytes
+from ._safetensors import ST_TO_TORCH
+from .errors import CorruptObject, DestinationNotEmpty, IncompleteCheckpoint, InvalidArgument
+
+
+def _check(objects: ObjectStore, blob: BlobRef, data, *, ckpt: str, file: str, tensor: str | None = None) -> None:
+    if len(data) != blob.size or hash_bytes(data) != blob.digest:
+        what = f"tensor {tensor!r} of {file}" if tensor else file
+        raise CorruptObject(
+            f"Checkpoint {ckpt!r} is damaged: blob {blob.digest[:12]} of {what} does not match its hash.",
+            digest=blob.digest,
+            path=file,
+        )
+
+
+def load_tensor(
+    objects: ObjectStore, entry: TensorEntry, parts: list[tuple[BlobRef, int]], *, verify: bool, ckpt: str, file: str
+) -> torch.Tensor:
+    dtype = ST_TO_TORCH.get(entry.dtype)
+    if dtype is None:
+        raise InvalidArgument(f"Tensor {entry.name!r} has dtype {entry.dtype}, which this torch cannot load.")
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    try:
+        if len(parts) == 1:
+            blob = parts[0][0]
+            mm = objects.map(blob.digest)
+            if mm is None or len(mm) != entry.nbytes:
+                raise CorruptObject(
+                    f"Checkpoint {ckpt!r} is damaged: blob {blob.digest[:12]} of tensor {entry.name!r} in {file} has"
+                    f" {0 if mm is None else len(mm)} bytes, expected {entry.nbytes}.",
+                    digest=blob.digest,
+                    path=file,
+                )
+            if verify:
+                _check(objects, blob, mm, ckpt=ckpt, file=file, tensor=entry.name)
+            # Zero-copy: the tensor's storage is the private map of the blob.
+            flat = torch.frombuffer(mm, dtype=torch.uint8)
+        else:
+            flat = torch.empty(entry.nbytes, dtype=torch.uint8)
+            buf = memoryview(flat.numpy())
+            for blob, offset in parts:
+                with objects.open(blob.digest) as f:
+                    dst = buf[offset - entry.start : offset - entry.start + blob.size]
+                    n = f.readinto(dst)
+                    if n != blob.size:
+                        raise CorruptObject(
+                            f"Checkpoint {ckpt!r} is damaged: blob {blob.digest[:12]} of tensor {entry.name!r} in"
+                            f" {file} is truncated.",
+                            digest=blob.digest,
+                            path=file,
+                        )
+                    if verify:
+                        _check(objects, blob, dst, ckpt=ckpt, file=file, tensor=entry.name)
+    except CorruptObject as exc:
+        if "tensor" not in exc.message:
+            exc.message = f"Checkpoint {ckpt!r} is damaged: tensor {entry.name!r} in {file}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
+    return flat.view(dtype).reshape(entry.shape)
+
+
+def weight_files(manifest: Manifest) -> list[FileEntry]:
+    """The safetensors files from_pretrained would read: the root-level model weights (all shards)."""
+    root = [f for f in manifest.files if f.is_safetensors and "/" not in f.path]
+    preferred = [f for f in root if f.path.startswith("model")] or root
+    return preferred
+
+
+def load_state_dict(
+    objects: ObjectStore, manifest: Manifest, *, files: list[FileEntry] | None = None, verify: bool = False
+) -> dict[str, torch.Tensor]:
+    files = weight_files(manifest) if files is None else files
+    if not files:
+        raise IncompleteCheckpoint(
+            f"Checkpoint {manifest.name!r} has no safetensors weights to load.",
+            hint="Legacy .bin weights are loaded through a materialized folder; 'ckpt import' converts them.",
+        )
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        parts = f.tensor_blobs()
+        for entry in f.tensors:
+            out[entry.name] = load_tensor(objects, entry, parts[entry.name], verify=verify, ckpt=manifest.name, file=f.path)
+    return out
+
+
+def read_file_bytes(objects: ObjectStore, entry: FileEntry, *, verify: bool = True) -> bytes:
+    return b"".join(objects.read(b.digest, verify=verify) for b in entry.blobs)
+
+
+def check_destination(dest: Path) -> bool:
+    """Refuse a destination with files in it; return whether the folder already existed."""
+    if dest.exists():
+        if not dest.is_dir():
+            raise DestinationNotEmpty(str(dest))
+        if any(dest.iterdir()):
+            raise DestinationNotEmpty(str(dest))
+        return True
+    return False
+
+
+def export(
+    objects: ObjectStore,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    verify: bool = False,
+    files: list[FileEntry] | None = None,
+    on_progress=None,
+) -> list[Path]:
+    """Write the checkpoint's files under `dest`, byte for byte. On failure, what was written is removed."""
+    existed = check_destination(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        for entry in files if files is not None else manifest.files:
+            target = dest / entry.path
+            if not target.resolve().is_relative_to(dest.resolve()):
+                raise CorruptObject(f"Manifest of {manifest.name!r} has an unsafe path {entry.path!r}.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            written.append(target)
+            try:
+                for blob in entry.blobs:
+                    if verify:
+                        data = objects.read(blob.digest, verify=False)
+                        _check(objects, blob, data, ckpt=manifest.name, file=entry.path)
+                        os.write(fd, data)
+                    else:
+                        path = objects.path(blob.digest)
+                        try:
+                            copy_into(fd, path, blob.size)
+                        except FileNotFoundError:
+                            raise CorruptObject(
+                                f"Checkpoint {manifest.name!r} is damaged: blob {blob.digest[:12]} of {entry.path}"
+                                " is missing.",
+                                digest=blob.digest,
+                                path=entry.path,
+                            ) from None
+                    if on_progress is not None:
+                        on_progress(blob.size)
+                if os.fstat(fd).st_size != entry.size:
+                    raise CorruptObject(
+                        f"Checkpoint {manifest.name!r} is damaged: {entry.path} came out at {os.fstat(fd).st_size}"
+                        f" bytes, expected {entry.size}.",
+                        path=entry.path,
+                    )
+            finally:
+                os.close(fd)
+    except BaseException:
+        if existed:
+            for child in dest.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return written

@@ -1,0 +1,95 @@
+"""Loading a stored checkpoint through transformers' own `from_pretrained`, so every option it has works."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from . import _load
+from .errors import IncompleteCheckpoint, InvalidCheckpoint
+
+if TYPE_CHECKING:
+    from .store import Store
+
+# Options that only work when from_pretrained reads a folder (they look for files beside the weights).
+_FOLDER_ONLY = ("trust_remote_code", "gguf_file", "variant", "subfolder", "use_safetensors", "offload_folder")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
+    "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "preprocessor_config.json",
+    "processor_config.json", "chat_template.jinja", "chat_template.json", "config.json",
+)
+
+
+def _config(store: "Store", manifest, cls: Any, kwargs: dict[str, Any]):
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    entry = manifest.file("config.json")
+    if entry is None:
+        raise IncompleteCheckpoint(f"Checkpoint {manifest.name!r} has no config.json, so no model class can be built.")
+    raw = json.loads(_load.read_file_bytes(store.objects, entry))
+    model_type = raw.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        import transformers
+
+        raise InvalidCheckpoint(
+            f"Checkpoint {manifest.name!r} has model_type {model_type!r}, which transformers {transformers.__version__}"
+            " does not know.",
+            hint="Upgrade transformers (pip install -U transformers), or load with trust_remote_code=True if the"
+            " model ships its own code.",
+        )
+    return CONFIG_MAPPING[model_type].from_dict(raw)
+
+
+def concrete_class(cls: Any, config: Any) -> Any:
+    """AutoModelForX -> the model class for this config (Auto classes need a path; a concrete class does not)."""
+    mapping = getattr(cls, "_model_mapping", None)
+    if mapping is None:
+        return cls
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    try:
+        return _get_model_class(config, mapping)
+    except ValueError:
+        raise InvalidCheckpoint(
+            f"{cls.__name__} has no model class for model_type {config.model_type!r}.",
+            hint="Pick the Auto class that fits the checkpoint (see its 'architectures' in 'ckpt show').",
+        ) from None
+
+
+def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
+    from transformers import AutoModel
+
+    cls = cls or AutoModel
+    manifest = store.manifest(ref)
+    weights = _load.weight_files(manifest)
+    if materialize is None:
+        materialize = not weights or any(k in kwargs for k in _FOLDER_ONLY) or "config" in kwargs
+    if materialize:
+        # Tensors mapped from the temporary folder stay valid after it is removed: the kernel keeps an unlinked
+        # file alive while it is mapped.
+        with store.materialized(ref) as folder:
+            return cls.from_pretrained(folder, **kwargs)
+    config = _config(store, manifest, cls, kwargs)
+    state_dict = _load.load_state_dict(store.objects, manifest, files=weights, verify=verify)
+    model = concrete_class(cls, config).from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
+    gen = manifest.file("generation_config.json")
+    if gen is not None and getattr(model, "generation_config", None) is not None:
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_dict(json.loads(_load.read_file_bytes(store.objects, gen)))
+    return model
+
+
+def load_tokenizer(store: "Store", ref: str, cls: Any = None, **kwargs: Any):
+    from transformers import AutoTokenizer
+
+    cls = cls or AutoTokenizer
+    manifest = store.manifest(ref)
+    names = {f.path for f in manifest.files}
+    if not any(n in names for n in TOKENIZER_FILES if n != "config.json"):
+        raise IncompleteCheckpoint(
+            f"Checkpoint {manifest.name!r} has no tokenizer files.",
+            hint="Save the tokenizer with the model: store.save(model, name, tokenizer=tok).",
+        )
+    with store.materialized(ref, only=lambda p: "/" not in p and not p.endswith((".safetensors", ".bin", ".pt", ".pth"))) as folder:
+        return cls.from_pretrained(folder, **kwargs)

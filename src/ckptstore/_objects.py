@@ -1,0 +1,188 @@
+"""Content-addressed blobs: ``objects/ab/cdef...`` named by the BLAKE3 hash of their bytes, written once.
+
+Write order (DESIGN principle 3): new blobs go to ``tmp/``; when the save has produced them all, one filesystem
+sync makes their bytes durable, then each is renamed to its final name and the directories are synced. So a blob
+under its final name always holds its full content; a crash leaves at worst temporary files or unreferenced blobs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from ._backend import make_tmp_path, sync_filesystem
+from ._failpoints import failpoint
+from .errors import CorruptObject
+
+HEX_LEN = 64
+_READ_BLOCK = 8 << 20
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == HEX_LEN and all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """One blob as a manifest lists it. `encoding` is always 'raw' in format 1 (room for compressed/delta later)."""
+
+    digest: str
+    size: int
+    encoding: str = "raw"
+
+    def to_json(self) -> list:
+        return [self.digest, self.size] if self.encoding == "raw" else [self.digest, self.size, self.encoding]
+
+    @classmethod
+    def from_json(cls, raw: list) -> "BlobRef":
+        return cls(raw[0], int(raw[1]), raw[2] if len(raw) > 2 else "raw")
+
+
+class ObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "objects"
+        self.tmp = root / "tmp"
+
+    def path(self, digest: str) -> Path:
+        return self.dir / digest[:2] / digest[2:]
+
+    def has(self, digest: str) -> bool:
+        return os.path.exists(self.path(digest))
+
+    def size(self, digest: str) -> int:
+        return os.stat(self.path(digest)).st_size
+
+    def open(self, digest: str):
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise CorruptObject(f"Blob {digest[:12]} is missing from the store.", digest=digest) from None
+
+    def read(self, digest: str, *, verify: bool = True) -> bytes:
+        with self.open(digest) as f:
+            data = f.read()
+        if verify and hash_bytes(data) != digest:
+            raise CorruptObject(f"Blob {digest[:12]} is corrupt: its content does not match its hash.", digest=digest)
+        return data
+
+    def map(self, digest: str) -> mmap.mmap | None:
+        """A private copy-on-write map of the blob: reading costs no copy, writing never touches the store.
+        None for an empty blob (mmap cannot map zero bytes)."""
+        with self.open(digest) as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def rehash(self, digest: str) -> str:
+        """The hash of what is stored under `digest` now (deep verification)."""
+        path = self.path(digest)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise CorruptObject(f"Blob {digest[:12]} is missing from the store.", digest=digest) from None
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        if size:
+            hasher.update_mmap(path)
+        return hasher.hexdigest()
+
+    def iter_all(self) -> Iterator[tuple[str, int, float]]:
+        """Every blob on disk as (digest, size, mtime); names that are not digests are skipped."""
+        if not self.dir.is_dir():
+            return
+        for sub in sorted(os.scandir(self.dir), key=lambda e: e.name):
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for entry in os.scandir(sub.path):
+                digest = sub.name + entry.name
+                if is_digest(digest) and entry.is_file():
+                    st = entry.stat()
+                    yield digest, st.st_size, st.st_mtime
+
+    def delete(self, digest: str) -> None:
+        failpoint("gc.unlink")
+        self.path(digest).unlink(missing_ok=True)
+
+
+class BlobWriter:
+    """Writes the blobs of one save: hashing and writing run in worker threads (BLAKE3 and os.write release the
+    GIL), blobs already stored are skipped, and nothing becomes visible before `commit`.
+
+    ``put`` returns a future of the BlobRef; callers keep the futures in file order to build the manifest.
+    """
+
+    def __init__(self, objects: ObjectStore, *, threads: int = 2) -> None:
+        self.objects = objects
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckpt-blob")
+        self._lock = threading.Lock()
+        self._staged: dict[str, Path] = {}  # digest -> temporary file, for blobs this save writes
+        self._tmp_files: list[Path] = []
+        self.bytes_hashed = 0
+        self.bytes_written = 0
+        objects.tmp.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes | memoryview) -> Future[BlobRef]:
+        return self._pool.submit(self._put, data)
+
+    def _put(self, data: bytes | memoryview) -> BlobRef:
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        size = len(view)
+        digest = hash_bytes(view)
+        with self._lock:
+            self.bytes_hashed += size
+            if digest in self._staged or self.objects.has(digest):
+                return BlobRef(digest, size)
+            tmp = make_tmp_path(self.objects.tmp, ".blob")
+            self._staged[digest] = tmp
+            self._tmp_files.append(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            mv = memoryview(view)
+            while mv:
+                failpoint("blob.write")
+                n = os.write(fd, mv)
+                mv = mv[n:]
+        finally:
+            os.close(fd)
+        with self._lock:
+            self.bytes_written += size
+        return BlobRef(digest, size)
+
+    def commit(self) -> None:
+        """Make every staged blob durable, then visible under its final name."""
+        self._pool.shutdown(wait=True)
+        if not self._staged:
+            return
+        failpoint("blob.sync")
+        sync_filesystem(self.objects.root, list(self._staged.values()))
+        parents = set()
+        for digest, tmp in self._staged.items():
+            failpoint("blob.rename")
+            final = self.objects.path(digest)
+            if final.parent not in parents:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                parents.add(final.parent)
+            os.replace(tmp, final)
+        self._staged.clear()
+        # The renames themselves must be durable before a manifest may point at the blobs.
+        sync_filesystem(self.objects.root, sorted(parents))
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for tmp in self._tmp_files:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self._staged.clear()

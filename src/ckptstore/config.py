@@ -1,0 +1,68 @@
+"""Store configuration: `store.json`, and where a store is when none is named.
+
+Resolution order, applied when a store is opened (never at import time): an explicit argument, then the
+environment (`CKPT_STORE`), then the default `./.ckpt`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import IncompatibleFormat, InvalidArgument
+
+FORMAT_VERSION = 1
+DEFAULT_STORE = ".ckpt"
+ENV_STORE = "CKPT_STORE"
+# 16 MiB: large enough that a BERT-base save writes a few hundred files (each file costs a create and a rename),
+# small enough that a fine-tune that changes a few rows of a 90 MB embedding rewrites one sixth of it.
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    format: int = FORMAT_VERSION
+    hash: str = "blake3"
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    compression: str = "none"
+
+    def to_json_bytes(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes, *, path: str) -> "StoreConfig":
+        try:
+            raw = json.loads(data)
+        except ValueError as exc:
+            raise IncompatibleFormat(f"{path} is not valid JSON ({exc}).", hint="Restore store.json from a backup.")
+        fmt = raw.get("format")
+        if fmt != FORMAT_VERSION:
+            raise IncompatibleFormat(
+                f"Store at {path} has format {fmt!r}; this ckptstore reads format {FORMAT_VERSION}.",
+            )
+        if raw.get("hash") != "blake3" or raw.get("compression", "none") != "none":
+            raise IncompatibleFormat(
+                f"Store at {path} uses hash={raw.get('hash')!r}, compression={raw.get('compression')!r},"
+                " which this ckptstore cannot read."
+            )
+        chunk = raw.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
+        if not isinstance(chunk, int) or chunk < 4096:
+            raise IncompatibleFormat(f"Store at {path} has an invalid chunk_bytes {chunk!r}.")
+        return cls(format=fmt, hash="blake3", chunk_bytes=chunk, compression="none")
+
+
+def resolve_store_path(path: str | os.PathLike[str] | None = None) -> Path:
+    if path is not None and str(path) != "":
+        return Path(path)
+    env = os.environ.get(ENV_STORE)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_STORE)
+
+
+def check_chunk_bytes(chunk_bytes: int) -> int:
+    if chunk_bytes < 4096 or chunk_bytes > 1 << 31:
+        raise InvalidArgument(f"chunk_bytes {chunk_bytes} is out of range.", hint="Use 4 KiB to 2 GiB.")
+    return chunk_bytes

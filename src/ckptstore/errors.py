@@ -1,0 +1,195 @@
+"""The ckptstore error tree.
+
+Every error the library raises on purpose derives from :class:`CkptError`. Each carries the fields a caller
+needs and a ``hint`` that says what to do next; the CLI prints ``error: <message>`` and ``hint: <hint>`` on one
+line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a failure).
+
+::
+
+    CkptError
+    ├── UsageError                      exit 2: the call itself is wrong
+    │   ├── InvalidName (ValueError)        a name, tag or run that breaks the naming rules
+    │   ├── InvalidArgument (ValueError)    an option value that makes no sense
+    │   ├── SourceNotFound (FileNotFoundError)  SRC does not exist
+    │   └── DestinationNotEmpty (FileExistsError)  export/checkout into a folder that has files
+    ├── StoreNotFound (FileNotFoundError)   no store at the path
+    ├── IncompatibleFormat                  store.json or a manifest from another format version
+    ├── ReferenceError_ (LookupError)
+    │   ├── CheckpointNotFound              unknown name, tag or id prefix (with "did you mean")
+    │   └── AmbiguousReference              an id prefix that matches several checkpoints
+    ├── NameExists (FileExistsError)        a checkpoint with that name is already stored
+    ├── InvalidCheckpoint (ValueError)      what was given is not a loadable checkpoint
+    │   ├── IncompleteCheckpoint            weights without config.json, shards missing, ...
+    │   ├── InvalidSafetensors              a header or layout that breaks the safetensors format
+    │   └── UnsafePickle                    a pickle that asks for more than tensors
+    ├── CorruptObject (OSError)             a blob or manifest whose bytes do not match its hash
+    ├── StoreLocked (TimeoutError)          another process holds the lock we need
+    ├── PolicyError (ValueError)            a retention policy that would delete everything, ...
+    └── ValidationFailed                    a checkpoint failed `validate`
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousReference",
+    "CheckpointNotFound",
+    "CkptError",
+    "CorruptObject",
+    "DestinationNotEmpty",
+    "IncompatibleFormat",
+    "IncompleteCheckpoint",
+    "InvalidArgument",
+    "InvalidCheckpoint",
+    "InvalidName",
+    "InvalidSafetensors",
+    "NameExists",
+    "PolicyError",
+    "ReferenceError_",
+    "SourceNotFound",
+    "StoreLocked",
+    "StoreNotFound",
+    "UnsafePickle",
+    "UsageError",
+    "ValidationFailed",
+]
+
+
+class CkptError(Exception):
+    """Root of every error ckptstore raises on purpose."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CkptError):
+    """The command or call is wrong as written; nothing was attempted."""
+
+    exit_code = 2
+
+
+class InvalidName(UsageError, ValueError):
+    default_hint = "Names are segments of letters, digits, '.', '_' and '-' joined by '/', e.g. 'bert-sst2/step-500'."
+
+    def __init__(self, name: str, reason: str, *, kind: str = "name") -> None:
+        self.name = name
+        self.kind = kind
+        super().__init__(f"Invalid {kind} {name!r}: {reason}.")
+
+
+class InvalidArgument(UsageError, ValueError):
+    pass
+
+
+class SourceNotFound(UsageError, FileNotFoundError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"Source {path!r} does not exist.",
+            hint="Give a folder written by save_pretrained or Trainer, or a live model in Python.",
+        )
+
+
+class DestinationNotEmpty(UsageError, FileExistsError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"Destination {path!r} is not empty.", hint="Choose a new or empty folder; nothing was written."
+        )
+
+
+class StoreNotFound(CkptError, FileNotFoundError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"No checkpoint store at {path!r}.",
+            hint=f"Run 'ckpt init {path}' to create one, or pass --store / set CKPT_STORE.",
+        )
+
+
+class IncompatibleFormat(CkptError):
+    default_hint = "Upgrade ckptstore to read this store."
+
+
+class ReferenceError_(CkptError, LookupError):
+    """A reference (name, RUN:TAG or id prefix) that does not resolve to exactly one checkpoint."""
+
+    def __init__(self, message: str, *, ref: str, candidates: tuple[str, ...] = (), hint: str | None = None):
+        self.ref = ref
+        self.candidates = tuple(candidates)
+        super().__init__(message, hint=hint)
+
+
+class CheckpointNotFound(ReferenceError_):
+    def __init__(self, ref: str, candidates: tuple[str, ...] = (), *, run: str | None = None) -> None:
+        message = f"Unknown reference {ref!r}."
+        if candidates:
+            message += " Did you mean " + " or ".join(repr(c) for c in candidates[:3]) + "?"
+        listing = f"ckpt ls {run}" if run else "ckpt ls"
+        super().__init__(message, ref=ref, candidates=candidates, hint=f"Run '{listing}' to see what is stored.")
+
+
+class AmbiguousReference(ReferenceError_):
+    def __init__(self, ref: str, candidates: tuple[str, ...]) -> None:
+        shown = ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "")
+        super().__init__(
+            f"Reference {ref!r} is ambiguous: it matches {len(candidates)} checkpoints ({shown}).",
+            ref=ref,
+            candidates=candidates,
+            hint="Give more characters of the id, or the checkpoint's name.",
+        )
+
+
+class NameExists(CkptError, FileExistsError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"A checkpoint named {name!r} is already stored.",
+            hint="Choose another name, or remove the old one with 'ckpt rm'.",
+        )
+
+
+class InvalidCheckpoint(CkptError, ValueError):
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(message, hint=hint)
+
+
+class IncompleteCheckpoint(InvalidCheckpoint):
+    default_hint = "Save the model with save_pretrained (it writes config.json beside the weights) and try again."
+
+
+class InvalidSafetensors(InvalidCheckpoint):
+    default_hint = "The file is truncated or not a safetensors file; re-save it with save_pretrained."
+
+
+class UnsafePickle(InvalidCheckpoint):
+    default_hint = "Only plain tensor pickles are read; convert the file to safetensors where it was made."
+
+
+class CorruptObject(CkptError, OSError):
+    def __init__(self, message: str, *, digest: str | None = None, path: str | None = None, hint: str | None = None):
+        self.digest = digest
+        self.path = path
+        super().__init__(message, hint=hint or "Run 'ckpt verify' to list every damaged checkpoint.")
+
+
+class StoreLocked(CkptError, TimeoutError):
+    default_hint = "Another ckpt process is working on this store; wait for it to finish and try again."
+
+
+class PolicyError(CkptError, ValueError):
+    pass
+
+
+class ValidationFailed(CkptError):
+    def __init__(self, message: str, *, report: object = None, hint: str | None = None) -> None:
+        self.report = report
+        super().__init__(message, hint=hint)

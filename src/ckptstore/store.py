@@ -1,0 +1,643 @@
+"""`Store`: the public Python API of a checkpoint store (docs/format.md describes what it writes)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _load
+from ._backend import atomic_write_bytes, fsync_dir
+from ._catalog import Catalog
+from ._failpoints import failpoint
+from ._gc import GcPlan, stale_tmp_files
+from ._info import CheckpointInfo, DiskUsage, RunUsage
+from ._ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
+from ._locks import file_lock
+from ._manifest import FileEntry, Manifest, manifest_id
+from ._names import check_name, check_tag, run_of, split_tag_ref
+from ._objects import BlobWriter, ObjectStore, is_digest
+from ._refs import Refs
+from ._verify import Problem, VerifyReport, verify_manifests
+from .config import StoreConfig, check_chunk_bytes, resolve_store_path
+from .errors import (
+    AmbiguousReference,
+    CheckpointNotFound,
+    CkptError,
+    CorruptObject,
+    InvalidArgument,
+    NameExists,
+    StoreNotFound,
+)
+
+_STEP_RE = re.compile(r"(?:^|[-_])(?:step|checkpoint|ckpt|iter)[-_]?(\d+)$")
+MIN_ID_PREFIX = 4
+
+
+def step_from_name(name: str) -> int | None:
+    """'bert/step-500' -> 500, 'run/checkpoint-1000' -> 1000: Trainer's and our own naming."""
+    m = _STEP_RE.search(name.rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+def _environment() -> dict[str, str]:
+    import importlib.metadata as md
+
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("ckptstore", "transformers", "torch", "safetensors", "tokenizers", "huggingface_hub"):
+        try:
+            env[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return env
+
+
+def _model_facts(files: list[FileEntry], read_config: Callable[[str], bytes | None]) -> dict[str, Any]:
+    import json
+
+    facts: dict[str, Any] = {}
+    raw = read_config("config.json")
+    if raw is not None:
+        try:
+            cfg = json.loads(raw)
+        except ValueError:
+            cfg = {}
+        if isinstance(cfg, dict):
+            for key in ("model_type", "architectures", "transformers_version"):
+                if key in cfg:
+                    facts[key] = cfg[key]
+            if "dtype" in cfg or "torch_dtype" in cfg:
+                facts["config_dtype"] = cfg.get("dtype", cfg.get("torch_dtype"))
+    params = 0
+    dtypes: dict[str, int] = {}
+    for f in files:
+        if f.is_safetensors and not f.path.startswith(("optimizer", "training_state/")):
+            for t in f.tensors:
+                params += t.numel
+                dtypes[t.dtype] = dtypes.get(t.dtype, 0) + t.numel
+    if params:
+        facts["parameters"] = params
+        facts["dtypes"] = dtypes
+    return facts
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    """What `delete` removes: the checkpoints, the tags that pointed at them, and the bytes `gc` can then free."""
+
+    checkpoints: tuple[CheckpointInfo, ...]
+    tags: tuple[str, ...]  # "run:tag"
+    reclaimable_bytes: int
+    executed: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "executed": self.executed,
+            "checkpoints": [c.name for c in self.checkpoints],
+            "ids": [c.id for c in self.checkpoints],
+            "tags": list(self.tags),
+            "reclaimable_bytes": self.reclaimable_bytes,
+        }
+
+
+class Store:
+    """A checkpoint store on the local filesystem.
+
+    >>> store = Store.init("ckpts")                                  # doctest: +SKIP
+    >>> store.save(model, "bert-sst2/step-500", tokenizer=tok, metrics={"eval_loss": 0.31})  # doctest: +SKIP
+    >>> model = store.load("bert-sst2/step-500", cls=AutoModelForSequenceClassification)    # doctest: +SKIP
+    """
+
+    def __init__(self, root: Path, config: StoreConfig) -> None:
+        # Use Store.open / Store.init.
+        self.root = root
+        self.config = config
+        self.objects = ObjectStore(root)
+        self.refs = Refs(root)
+        self._catalog: Catalog | None = None
+        self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
+
+    # -- opening ----------------------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike[str] | None = None, *, chunk_bytes: int | None = None, exist_ok: bool = True) -> "Store":
+        root = resolve_store_path(path)
+        if (root / "store.json").exists():
+            if not exist_ok:
+                raise InvalidArgument(f"A store already exists at {str(root)!r}.", hint="Open it instead.")
+            return cls.open(root)
+        if root.exists() and not root.is_dir():
+            raise InvalidArgument(f"{str(root)!r} is a file, not a folder.", hint="Choose another path for the store.")
+        config = StoreConfig(chunk_bytes=check_chunk_bytes(chunk_bytes) if chunk_bytes else StoreConfig.chunk_bytes)
+        for sub in ("objects", "checkpoints", "refs/tags", "tmp", "locks", "policies"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        # store.json last: a folder without it is not a store yet, so an interrupted init can simply be re-run.
+        atomic_write_bytes(root / "store.json", config.to_json_bytes(), root / "tmp")
+        return cls.open(root)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = False) -> "Store":
+        root = resolve_store_path(path)
+        cfg_path = root / "store.json"
+        if not cfg_path.exists():
+            if create:
+                return cls.init(root)
+            raise StoreNotFound(str(root))
+        config = StoreConfig.from_json_bytes(cfg_path.read_bytes(), path=str(cfg_path))
+        for sub in ("objects", "checkpoints", "refs/tags", "tmp", "locks", "policies"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return cls(root, config)
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- the index ----------------------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.root / "index.sqlite")
+            self._sync_index()
+        return self._catalog
+
+    def _manifest_path(self, cid: str) -> Path:
+        return self.root / "checkpoints" / f"{cid}.json"
+
+    def _manifest_ids_on_disk(self) -> set[str]:
+        out = set()
+        for entry in os.scandir(self.root / "checkpoints"):
+            if entry.name.endswith(".json") and is_digest(entry.name[:-5]):
+                out.add(entry.name[:-5])
+        return out
+
+    def _sync_index(self) -> None:
+        """Bring the index in line with the manifests and refs on disk (they are the truth)."""
+        cat = self._catalog
+        assert cat is not None
+        disk = self._manifest_ids_on_disk()
+        indexed = cat.ids()
+        missing = disk - indexed - set(self.damaged_manifests)
+        extra = indexed - disk
+        if extra:
+            cat.remove_many(extra)
+        if missing:
+            found = []
+            for cid in sorted(missing):
+                try:
+                    found.append((cid, self._read_manifest(cid)))
+                except CkptError as exc:
+                    self.damaged_manifests[cid] = exc.message
+            # Two manifests can carry one name only if a crash came between a delete and its index update
+            # or a user copied files by hand; the newest wins in the index, both stay on disk.
+            found.sort(key=lambda item: item[1].created_at)
+            cat.add_many(found)
+        tags = {k: v for k, v in self.refs.all().items() if v in disk}
+        if tags != cat.tags():
+            cat.set_tags(tags)
+
+    def reindex(self) -> int:
+        """Throw the index away and rebuild it from manifests and refs. Returns the number of checkpoints."""
+        self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(self.root / "index.sqlite") + suffix).unlink(missing_ok=True)
+        self.damaged_manifests.clear()
+        return len(self.catalog.ids())
+
+    # -- locks ----------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Held for a whole save: keeps gc from deleting blobs this save has written or decided to reuse."""
+        with file_lock(self.root / "locks" / "gate", shared=True, what="gc gate"):
+            pass
+        with file_lock(self.root / "locks" / "objects", shared=True, what="objects"):
+            yield
+
+    def _commit_lock(self):
+        return file_lock(self.root / "locks" / "commit", what="commit")
+
+    # -- references -------------------------------------------------------------------------------------------------
+    def _read_manifest(self, cid: str) -> Manifest:
+        try:
+            data = self._manifest_path(cid).read_bytes()
+        except FileNotFoundError:
+            raise CheckpointNotFound(cid) from None
+        return Manifest.from_bytes(data, expected_id=cid)
+
+    def resolve(self, ref: str) -> str:
+        """The id of the checkpoint `ref` names: a name, ``RUN:TAG``, or an id or unambiguous id prefix."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidArgument("Empty reference.", hint="Give a checkpoint name, RUN:TAG or an id prefix.")
+        cat = self.catalog
+        tag_ref = split_tag_ref(ref)
+        if tag_ref is not None:
+            run, tag = tag_ref
+            cid = self.refs.get(run, tag)
+            if cid is not None and self._manifest_path(cid).exists():
+                return cid
+            run_tags = sorted(f"{r}:{t}" for (r, t) in cat.tags() if r == run)
+            candidates = tuple(difflib.get_close_matches(ref, run_tags, n=3, cutoff=0.5)) or tuple(run_tags[:3])
+            raise CheckpointNotFound(ref, candidates, run=run)
+        cid = cat.id_for_name(ref)
+        if cid is not None:
+            return cid
+        lowered = ref.lower()
+        if len(lowered) >= MIN_ID_PREFIX and all(c in "0123456789abcdef" for c in lowered):
+            matches = cat.ids_with_prefix(lowered)
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                names = {c.id: c.name for c in cat.infos(ids=matches)}
+                raise AmbiguousReference(ref, tuple(f"{m[:12]} ({names.get(m, '?')})" for m in matches))
+        names = cat.names()
+        candidates = tuple(difflib.get_close_matches(ref, names, n=3, cutoff=0.6))
+        if not candidates:
+            candidates = tuple(n for n in names if n.startswith(ref.rstrip("/") + "/"))[:3]
+        raise CheckpointNotFound(ref, candidates, run=run_of(ref) if run_of(ref) in cat.runs() else None)
+
+    def manifest(self, ref: str) -> Manifest:
+        return self._read_manifest(self.resolve(ref))
+
+    def info(self, ref: str) -> CheckpointInfo:
+        cid = self.resolve(ref)
+        infos = self.catalog.infos(ids=[cid])
+        if not infos:
+            raise CheckpointNotFound(ref)
+        return infos[0]
+
+    show = info
+
+    def list(self, run: str | None = None) -> list[CheckpointInfo]:
+        """Checkpoints, newest first; only those of `run` when given."""
+        return self.catalog.infos(run=run)
+
+    def runs(self) -> list[str]:
+        return self.catalog.runs()
+
+    def lineage(self, ref: str) -> list[CheckpointInfo | str]:
+        """The checkpoint, its parent, grandparent, ...; an id string where an ancestor has been deleted."""
+        chain: list[CheckpointInfo | str] = []
+        cid: str | None = self.resolve(ref)
+        seen = set()
+        while cid and cid not in seen:
+            seen.add(cid)
+            infos = self.catalog.infos(ids=[cid])
+            if not infos:
+                chain.append(cid)
+                break
+            chain.append(infos[0])
+            cid = infos[0].parent
+        return chain
+
+    # -- save -------------------------------------------------------------------------------------------------
+    def save(
+        self,
+        src: Any,
+        name: str,
+        *,
+        tokenizer: Any = None,
+        tags: Iterable[str] = (),
+        metrics: Mapping[str, float] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        message: str | None = None,
+        step: int | None = None,
+        extra_files: Mapping[str, Any] | None = None,
+        max_shard_size: int | str = "50GB",
+        on_progress: Callable[[int], None] | None = None,
+    ) -> CheckpointInfo:
+        """Store a checkpoint under `name` and return its record.
+
+        `src` is a folder written by ``save_pretrained`` or Trainer (sharded or not, with tokenizer and training
+        state), a live ``PreTrainedModel`` (saved as ``save_pretrained`` would save it, with `tokenizer` or a
+        processor beside it) or a plain ``torch.nn.Module``. `extra_files` adds files: bytes, a path, or a dict
+        of tensors (written as a safetensors file). Identical blobs already stored are not written again.
+        """
+        check_name(name)
+        tags = tuple(tags)
+        for tag in tags:
+            check_tag(tag, allow_reserved=True)
+        clean_metrics = _check_metrics(metrics)
+        parent_id = self.resolve(parent) if parent else None
+        if step is None:
+            step = step_from_name(name)
+        if self.catalog.id_for_name(name) is not None:
+            raise NameExists(name)
+
+        with contextlib.ExitStack() as stack:
+            sources = self._collect(src, tokenizer, extra_files, max_shard_size, stack)
+            with self._writing():
+                writer = BlobWriter(self.objects)
+                try:
+                    entries = ingest(sources, writer, self.config.chunk_bytes, on_progress=on_progress)
+                    writer.commit()
+                except BaseException:
+                    writer.abort()
+                    raise
+                by_path = {s.path: s for s in sources}
+
+                def read_small(path: str) -> bytes | None:
+                    s = by_path.get(path)
+                    return bytes(s.read(0, s.size)) if s is not None and s.layout is None and s.size < 1 << 22 else None
+
+                manifest = Manifest(
+                    name=name,
+                    run=run_of(name),
+                    created_at=time.time(),
+                    files=tuple(entries),
+                    step=step,
+                    parent=parent_id,
+                    tags=tags,
+                    metrics=clean_metrics,
+                    metadata=dict(metadata or {}),
+                    message=message,
+                    model=_model_facts(entries, read_small),
+                    environment=_environment(),
+                )
+                cid = self._commit_manifest(manifest, tags)
+        return self.info(cid)
+
+    def _collect(self, src, tokenizer, extra_files, max_shard_size, stack: contextlib.ExitStack) -> list[SourceFile]:
+        sources: list[SourceFile]
+        if isinstance(src, (str, os.PathLike)):
+            files = check_folder(Path(src))
+            sources = stack.enter_context(folder_sources(files))
+            if tokenizer is not None:
+                raise InvalidArgument("tokenizer= goes with a live model; a folder brings its own tokenizer files.")
+        elif src is None:
+            sources = []
+        else:
+            from ._capture import capture_model
+
+            sources = capture_model(src, tokenizer, max_shard_size=max_shard_size)
+        if extra_files:
+            from ._capture import tensors_source
+            from ._names import check_name as _check_path
+
+            known = {s.path for s in sources}
+            for path, value in extra_files.items():
+                _check_path(path)  # same rules as names: relative, no '..'
+                if path in known:
+                    raise InvalidArgument(f"extra_files repeats {path!r}, which the checkpoint already has.")
+                if isinstance(value, (bytes, bytearray)):
+                    sources.append(bytes_source(path, bytes(value)))
+                elif isinstance(value, (str, os.PathLike)):
+                    sources.append(bytes_source(path, Path(value).read_bytes()))
+                elif isinstance(value, Mapping):
+                    sources.append(tensors_source(path, dict(value), {"format": "pt"}))
+                else:
+                    raise InvalidArgument(f"extra_files[{path!r}] must be bytes, a path or a dict of tensors.")
+        if not sources:
+            raise InvalidArgument("Nothing to save: the source has no files.")
+        return sources
+
+    def _commit_manifest(self, manifest: Manifest, tags: Iterable[str]) -> str:
+        data = manifest.to_bytes()
+        cid = manifest_id(data)
+        with self._commit_lock():
+            self._sync_index()
+            if self.catalog.id_for_name(manifest.name) is not None:
+                raise NameExists(manifest.name)
+            failpoint("manifest.write")
+            atomic_write_bytes(self._manifest_path(cid), data, self.root / "tmp", failpoint_name="manifest")
+            for tag in tags:
+                self.refs.set(manifest.run, tag, cid)
+            self.catalog.add_many([(cid, manifest)])
+            self._sync_index()
+        return cid
+
+    # -- load and export -----------------------------------------------------------------------------------------
+    def load_state_dict(self, ref: str, *, verify: bool = False) -> dict[str, Any]:
+        """The model weights as a dict of tensors mapped from the blobs (no copy for single-blob tensors)."""
+        manifest = self.manifest(ref)
+        return _load.load_state_dict(self.objects, manifest, verify=verify)
+
+    def load_tensors(self, ref: str, path: str, *, verify: bool = False) -> dict[str, Any]:
+        """The tensors of one safetensors file of the checkpoint (e.g. an optimizer state file)."""
+        manifest = self.manifest(ref)
+        entry = manifest.file(path)
+        if entry is None or not entry.is_safetensors:
+            raise CheckpointNotFound(f"{manifest.name}/{path}")
+        return _load.load_state_dict(self.objects, manifest, files=[entry], verify=verify)
+
+    def read_file(self, ref: str, path: str, *, verify: bool = True) -> bytes:
+        manifest = self.manifest(ref)
+        entry = manifest.file(path)
+        if entry is None:
+            names = [f.path for f in manifest.files]
+            close = difflib.get_close_matches(path, names, n=3)
+            raise CheckpointNotFound(f"{manifest.name}/{path}", tuple(close))
+        return _load.read_file_bytes(self.objects, entry, verify=verify)
+
+    def load(self, ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
+        """Load the checkpoint through `cls.from_pretrained` (default AutoModel); every keyword (dtype, device_map,
+        low_cpu_mem_usage, ...) is passed through. Safetensors weights are mapped straight from the blobs; other
+        cases go through a temporary folder."""
+        from ._modelload import load_model
+
+        return load_model(self, ref, cls, verify=verify, materialize=materialize, **kwargs)
+
+    def load_tokenizer(self, ref: str, cls: Any = None, **kwargs: Any):
+        from ._modelload import load_tokenizer
+
+        return load_tokenizer(self, ref, cls, **kwargs)
+
+    @contextlib.contextmanager
+    def materialized(self, ref: str, *, only: Callable[[str], bool] | None = None) -> Iterator[Path]:
+        """A temporary folder holding the checkpoint (or the files `only` accepts), removed afterwards."""
+        manifest = self.manifest(ref)
+        files = [f for f in manifest.files if only is None or only(f.path)]
+        tmp = Path(tempfile.mkdtemp(prefix="ckpt-load-", dir=self.root / "tmp"))
+        try:
+            _load.export(self.objects, manifest, tmp, files=files)
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def export(self, ref: str, dest: str | os.PathLike[str], *, verify: bool = False, on_progress=None) -> Path:
+        """Write the checkpoint as a plain folder, byte-identical to what was saved. `dest` must be new or empty."""
+        manifest = self.manifest(ref)
+        dest = Path(dest)
+        _load.export(self.objects, manifest, dest, verify=verify, on_progress=on_progress)
+        return dest
+
+    checkout = export
+
+    # -- names ------------------------------------------------------------------------------------------------
+    def tag(self, ref: str, tag: str) -> CheckpointInfo:
+        """Point `RUN:tag` at the checkpoint (moving it if it pointed elsewhere); the run is the checkpoint's."""
+        check_tag(tag)
+        cid = self.resolve(ref)
+        run = self.catalog.infos(ids=[cid])[0].run
+        with self._commit_lock():
+            self.refs.set(run, tag, cid)
+            self._sync_index()
+        return self.info(cid)
+
+    def untag(self, ref: str, tag: str | None = None) -> str:
+        """Remove a tag, given as ``RUN:TAG`` (or run and tag). Returns the id it pointed at."""
+        if tag is None:
+            parts = split_tag_ref(ref)
+            if parts is None:
+                raise InvalidArgument(f"{ref!r} is not RUN:TAG.", hint="Write the tag as RUN:TAG, e.g. bert:v1.")
+            run, tag = parts
+        else:
+            run = ref
+        cid = self.refs.get(run, tag)
+        if cid is None:
+            run_tags = sorted(f"{r}:{t}" for (r, t) in self.catalog.tags() if r == run)
+            raise CheckpointNotFound(f"{run}:{tag}", tuple(run_tags[:3]), run=run)
+        with self._commit_lock():
+            self.refs.remove(run, tag)
+            self._sync_index()
+        return cid
+
+    # -- delete -----------------------------------------------------------------------------------------------
+    def delete(self, refs: str | Iterable[str], *, dry_run: bool = False) -> DeletePlan:
+        """Remove checkpoints (their manifests and tags). Their blobs stay until `gc`: another checkpoint may share
+        them. Returns the plan; with `dry_run` nothing is removed."""
+        if isinstance(refs, str):
+            refs = [refs]
+        ids = list(dict.fromkeys(self.resolve(r) for r in refs))
+        return self._delete_ids(ids, dry_run=dry_run)
+
+    def _delete_ids(self, ids: list[str], *, dry_run: bool) -> DeletePlan:
+        infos = tuple(self.catalog.infos(ids=ids))
+        tags = tuple(f"{r}:{t}" for (r, t), i in sorted(self.catalog.tags().items()) if i in set(ids))
+        plan = DeletePlan(infos, tags, self._reclaimable(ids))
+        if dry_run or not ids:
+            return plan
+        with self._commit_lock():
+            for cid in ids:
+                failpoint("delete.manifest")
+                self._manifest_path(cid).unlink(missing_ok=True)
+            fsync_dir(self.root / "checkpoints")
+            # Manifests first: once they are gone the checkpoints are; a crash here leaves dangling tags, which
+            # resolve to nothing and are dropped by the next index sync or fsck.
+            for (run, tag), cid in self.refs.all().items():
+                if cid in set(ids):
+                    self.refs.remove(run, tag)
+            self.catalog.remove_many(ids)
+            self._sync_index()
+        return DeletePlan(infos, tags, plan.reclaimable_bytes, executed=True)
+
+    def _reclaimable(self, ids: list[str]) -> int:
+        wanted = set(ids)
+        db = self.catalog.db
+        total = 0
+        for cid in wanted:
+            for digest, size in db.execute("SELECT digest, size FROM blob_refs WHERE checkpoint = ?", (cid,)):
+                owners = {r[0] for r in db.execute("SELECT checkpoint FROM blob_refs WHERE digest = ?", (digest,))}
+                if owners <= wanted and min(owners) == cid:
+                    total += size
+        return total
+
+    # -- gc ---------------------------------------------------------------------------------------------------
+    def gc(self, *, dry_run: bool = False, timeout: float = 60.0) -> GcPlan:
+        """Delete blobs that no manifest references, and leftovers of interrupted writes."""
+        gate = file_lock(self.root / "locks" / "gate", timeout=timeout, what="gc gate")
+        objects_lock = file_lock(self.root / "locks" / "objects", shared=dry_run, timeout=timeout, what="objects")
+        with gate, objects_lock:
+            # No save is in flight now (each holds the objects lock shared), so every unreferenced blob and every
+            # temporary file is garbage.
+            referenced: set[str] = set()
+            for cid in sorted(self._manifest_ids_on_disk()):
+                try:
+                    manifest = self._read_manifest(cid)
+                except CkptError as exc:
+                    raise CorruptObject(
+                        f"Manifest {cid[:12]} cannot be read ({exc.message}); gc stops so as not to delete its blobs.",
+                        digest=cid,
+                        hint="Run 'ckpt verify' and restore or remove that manifest, then run gc again.",
+                    ) from None
+                referenced.update(manifest.blob_refs())
+            garbage = tuple((d, s) for d, s, _ in self.objects.iter_all() if d not in referenced)
+            tmp = tuple(stale_tmp_files(self.root / "tmp", older_than=0 if not dry_run else 0))
+            plan = GcPlan(garbage, tmp, len(referenced))
+            if dry_run:
+                return plan
+            for digest, _ in garbage:
+                self.objects.delete(digest)
+            for p in tmp:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        return GcPlan(garbage, tmp, len(referenced), executed=True)
+
+    # -- checks -----------------------------------------------------------------------------------------------
+    def verify(self, ref: str | None = None, *, deep: bool = True, on_blob=None) -> VerifyReport:
+        """Check checkpoints (all, or the one `ref` names): every manifest matches its id and every blob exists
+        with its size; with `deep` (default) every blob is re-hashed. Reports every problem."""
+        ids = [self.resolve(ref)] if ref is not None else sorted(self._manifest_ids_on_disk())
+        report = verify_manifests(
+            self.objects, ((cid, lambda cid=cid: self._read_manifest(cid)) for cid in ids), deep=deep, on_blob=on_blob
+        )
+        if ref is None:
+            disk = self._manifest_ids_on_disk()
+            dangling = [
+                Problem("dangling tag", f"{r}:{t}", cid, detail=f"points at missing checkpoint {cid[:12]}")
+                for (r, t), cid in sorted(self.refs.all().items())
+                if cid not in disk
+            ]
+            if dangling:
+                report = VerifyReport(
+                    report.checkpoints, report.blobs, report.bytes_checked, report.deep, report.problems + tuple(dangling)
+                )
+        return report
+
+    def fsck(self, *, reindex: bool = False) -> VerifyReport:
+        """Structural check (no re-hashing); with `reindex`, rebuild the index first."""
+        if reindex:
+            self.reindex()
+        return self.verify(deep=False)
+
+    def du(self) -> DiskUsage:
+        infos = self.list()
+        stored, blobs = self.catalog.stored_bytes()
+        unique = self.catalog.run_unique_bytes()
+        runs: dict[str, list[CheckpointInfo]] = {}
+        for c in infos:
+            runs.setdefault(c.run, []).append(c)
+        return DiskUsage(
+            logical_bytes=sum(c.logical_bytes for c in infos),
+            stored_bytes=stored,
+            checkpoints=len(infos),
+            blobs=blobs,
+            runs=tuple(
+                RunUsage(run, len(cs), sum(c.logical_bytes for c in cs), unique.get(run, 0))
+                for run, cs in sorted(runs.items())
+            ),
+        )
+
+
+def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if not isinstance(key, str) or not key:
+            raise InvalidArgument(f"Metric name {key!r} is not a non-empty string.")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"Metric {key}={value!r} is not a number.") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InvalidArgument(f"Metric {key}={value!r} is not finite.", hint="Store NaN/inf metrics as metadata.")
+        out[key] = number
+    return out
