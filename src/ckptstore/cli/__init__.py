@@ -1,0 +1,99 @@
+"""The `ckpt` command line. One module per command; `main` maps errors to one line and an exit code.
+
+Exit codes: 0 success, 1 failure (a problem found, a checkpoint missing or damaged, ...), 2 usage error (a bad
+argument or option), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ..errors import CkptError
+
+# (module, attribute) of each command, in the order `ckpt --help` lists them.
+COMMANDS = [
+    ("cmd_init", "init"),
+    ("cmd_save", "save"),
+    ("cmd_ls", "ls"),
+    ("cmd_show", "show"),
+    ("cmd_export", "export"),
+    ("cmd_tag", "tag"),
+    ("cmd_tag", "untag"),
+    ("cmd_rm", "rm"),
+    ("cmd_verify", "verify"),
+    ("cmd_gc", "gc"),
+    ("cmd_du", "du"),
+    ("cmd_fsck", "fsck"),
+]
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ckptstore", prog_name="ckpt")
+def cli() -> None:
+    """ckpt: Hugging Face checkpoints stored once, deduplicated, verifiable, named and pruned by policy.
+
+    \b
+    Examples:
+      ckpt init
+      ckpt save ./out/checkpoint-500 bert-sst2/step-500 --tag v1 --metric eval_loss=0.31
+      ckpt ls bert-sst2
+      ckpt export bert-sst2:v1 ./deploy
+
+    Every command takes --store PATH (default $CKPT_STORE, else ./.ckpt) and --debug.
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+
+
+def _register() -> None:
+    for module_name, attr in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{module_name}":
+                continue  # a command still being written
+            raise
+        cli.add_command(getattr(module, attr))
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="ckpt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        exc.show()
+        sys.exit(exc.exit_code)  # 2 for usage errors
+    except CkptError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: run again with --debug for the traceback, and report it if it looks like a bug.", err=True)
+        sys.exit(1)

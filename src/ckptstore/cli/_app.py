@@ -1,0 +1,87 @@
+"""What every command shares: the store option, --json, --debug, output to stdout (data) and stderr (messages).
+
+Each command module defines one click command and uses the decorators here; `cli/__init__.py` lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from .._info import human_bytes
+from ..store import Store
+
+# Data goes to stdout; messages, progress and errors to stderr, so `ckpt ls --json | jq` always works.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+STORE_HELP = "Store folder (default: $CKPT_STORE, else ./.ckpt)."
+
+
+def store_option(f: Callable) -> Callable:
+    return click.option("--store", "store_path", metavar="PATH", envvar=None, default=None, help=STORE_HELP)(f)
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")(f)
+
+
+def debug_option(f: Callable) -> Callable:
+    # Parsed by main() before click runs (it decides whether tracebacks are shown); declared here for --help.
+    return click.option("--debug", is_flag=True, expose_value=False, help="Show the full traceback on errors.")(f)
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable], click.Command]:
+    """A ckpt sub-command with the options every command takes."""
+
+    def wrap(f: Callable) -> click.Command:
+        f = debug_option(store_option(f))
+        return click.command(name, context_settings={"help_option_names": ["-h", "--help"]}, **kwargs)(f)
+
+    return wrap
+
+
+def open_store(store_path: str | None, *, create: bool = False) -> Store:
+    return Store.open(store_path, create=create)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fmt_metrics(metrics: dict[str, float], limit: int = 3) -> str:
+    items = list(metrics.items())[:limit]
+    text = " ".join(f"{k}={v:.4g}" for k, v in items)
+    return text + (" …" if len(metrics) > limit else "")
+
+
+def fmt_bytes(n: int) -> str:
+    return human_bytes(n)
+
+
+def progress_bar(description: str, total: int):
+    """A rich progress bar on stderr (silent when stderr is not a terminal). Use as a context manager; the returned
+    callable advances it by a number of bytes."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    )
+
+    class _Bar:
+        def __enter__(self):
+            progress.__enter__()
+            task = progress.add_task(description, total=total)
+            return functools.partial(progress.advance, task)
+
+        def __exit__(self, *exc):
+            return progress.__exit__(*exc)
+
+    return _Bar()

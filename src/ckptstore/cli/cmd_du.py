@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from rich.table import Table
+
+from ._app import command, fmt_bytes, json_option, open_store, out, print_json
+
+
+@command("du")
+@json_option
+def du(as_json: bool, store_path: str | None) -> None:
+    """Disk usage: what the checkpoints would take as plain folders (logical) vs what the store holds (stored).
+
+    \b
+    Examples:
+      ckpt du
+      ckpt du --json
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+    store = open_store(store_path)
+    usage = store.du()
+    if as_json:
+        print_json(usage.to_json())
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("RUN", "CHECKPOINTS", "LOGICAL", "ONLY IN RUN"):
+        table.add_column(col, justify="left" if col == "RUN" else "right")
+    for r in usage.runs:
+        table.add_row(r.run, str(r.checkpoints), fmt_bytes(r.logical_bytes), fmt_bytes(r.unique_bytes))
+    out.print(table)
+    out.print(
+        f"total: {usage.checkpoints} checkpoints, {fmt_bytes(usage.logical_bytes)} logical,"
+        f" {fmt_bytes(usage.stored_bytes)} stored in {usage.blobs} blobs"
+        f" (saved {fmt_bytes(usage.saved_bytes)}, {usage.ratio:.2f}x)"
+    )

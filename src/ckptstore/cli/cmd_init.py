@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import click
+
+from ..config import resolve_store_path
+from ..store import Store
+from ._app import err
+
+
+@click.command("init", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("path", required=False)
+@click.option("--store", "store_path", metavar="PATH", default=None, help="Same as PATH.")
+@click.option("--chunk-bytes", type=click.IntRange(4096, 1 << 31), default=None, help="Blob size for large tensors.")
+@click.option("--debug", is_flag=True, expose_value=False, help="Show the full traceback on errors.")
+def init(path: str | None, store_path: str | None, chunk_bytes: int | None) -> None:
+    """Create a store at PATH (default: $CKPT_STORE, else ./.ckpt). Does nothing to an existing store.
+
+    \b
+    Examples:
+      ckpt init
+      ckpt init /data/ckpts
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+    root = resolve_store_path(path or store_path)
+    existed = (root / "store.json").exists()
+    store = Store.init(root, chunk_bytes=chunk_bytes)
+    err.print(f"{'Store already exists' if existed else 'Initialized empty store'} at {store.root}")

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ._app import command, fmt_bytes, fmt_metrics, json_option, open_store, out, print_json
+
+
+@command("ls")
+@click.argument("run", required=False)
+@json_option
+def ls(run: str | None, as_json: bool, store_path: str | None) -> None:
+    """List checkpoints, newest first (only RUN's when given).
+
+    \b
+    Examples:
+      ckpt ls
+      ckpt ls bert-sst2 --json
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+    store = open_store(store_path)
+    infos = store.list(run)
+    if as_json:
+        print_json([i.to_json() for i in infos])
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "ID", "CREATED", "STEP", "SIZE", "TAGS", "METRICS"):
+        table.add_column(col, justify="right" if col in ("STEP", "SIZE") else "left")
+    for i in infos:
+        table.add_row(
+            i.name, i.short_id, i.created_at_str, "" if i.step is None else str(i.step), fmt_bytes(i.logical_bytes),
+            ",".join(i.tags), fmt_metrics(i.metrics),
+        )
+    out.print(table)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import InvalidArgument
+from ._app import command, err, fmt_bytes, json_option, open_store, print_json, progress_bar
+
+
+def _pairs(values: tuple[str, ...], what: str, *, numeric: bool) -> dict:
+    out: dict = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{what} {item!r} is not KEY=VALUE.", hint=f"Write it as --{what} name=value.")
+        if numeric:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise InvalidArgument(f"Metric {key}={value!r} is not a number.") from None
+        else:
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+@command("save")
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("name")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag to set (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="K=V", help="A metric, e.g. eval_loss=0.31 (repeatable).")
+@click.option("--meta", "meta", multiple=True, metavar="K=V", help="Metadata (JSON values allowed; repeatable).")
+@click.option("--parent", metavar="REF", help="The checkpoint this one derives from.")
+@click.option("--step", type=int, help="Training step (default: from a NAME such as run/step-500).")
+@click.option("-m", "--message", help="A note to keep with the checkpoint.")
+@json_option
+def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_path) -> None:
+    """Store the checkpoint folder SRC (save_pretrained or Trainer output) as NAME.
+
+    Only blobs the store does not already hold are written; the checkpoint becomes visible when all are durable.
+
+    \b
+    Examples:
+      ckpt save ./out/checkpoint-500 bert-sst2/step-500 --metric eval_loss=0.31 --tag v1
+      ckpt save ./final bert-sst2/final --parent bert-sst2/step-500 -m "after LR sweep"
+    Exit codes: 0 ok, 1 failure, 2 usage error (bad name, missing SRC).
+    """
+    store = open_store(store_path, create=True)
+    from pathlib import Path
+
+    total = sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file()) if Path(src).is_dir() else 0
+    before = store.du().stored_bytes
+    with progress_bar(f"saving {name}", total) as advance:
+        info = store.save(
+            src, name, tags=tags, metrics=_pairs(metrics, "metric", numeric=True),
+            metadata=_pairs(meta, "meta", numeric=False), parent=parent, step=step, message=message,
+            on_progress=advance,
+        )
+    added = store.du().stored_bytes - before
+    if as_json:
+        print_json({**info.to_json(), "new_bytes": added})
+        return
+    err.print(
+        f"Saved [bold]{info.name}[/] ({info.short_id}): {info.file_count} files, {fmt_bytes(info.logical_bytes)},"
+        f" {fmt_bytes(added)} new in the store"
+    )

