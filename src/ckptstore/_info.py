@@ -47,7 +47,7 @@ class CheckpointInfo:
 
     @property
     def created_at_str(self) -> str:
-        return _dt.datetime.fromtimestamp(self.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        return _dt.datetime.fromtimestamp(self.created_at).strftime("%Y-%m-%d %H:%M")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -25,7 +25,7 @@ def ls(run: str | None, as_json: bool, store_path: str | None) -> None:
         return
     table = Table(box=None, header_style="bold")
     for col in ("NAME", "ID", "CREATED", "STEP", "SIZE", "TAGS", "METRICS"):
-        table.add_column(col, justify="right" if col in ("STEP", "SIZE") else "left")
+        table.add_column(col, justify="right" if col in ("STEP", "SIZE") else "left", no_wrap=col != "METRICS")
     for i in infos:
         table.add_row(
             i.name, i.short_id, i.created_at_str, "" if i.step is None else str(i.step), fmt_bytes(i.logical_bytes),

