@@ -7,6 +7,7 @@ read back. Config, generation config and tokenizer files are small and written b
 
 from __future__ import annotations
 
+import bisect
 import json
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from ._ingest import SourceFile, bytes_source
-from ._safetensors import TORCH_TO_ST, build_header, tensor_bytes
+from ._safetensors import TORCH_TO_ST, Layout, build_header, tensor_bytes
 from .errors import InvalidArgument
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -41,13 +42,9 @@ def tensors_source(path: str, tensors: dict[str, torch.Tensor], metadata: dict[s
     starts = sorted(by_start)
 
     def read(a: int, b: int):
-        import bisect
-
         i = bisect.bisect_right(starts, a) - 1
         span, view = by_start[starts[i]]
         return view[a - span.start : b - span.start]
-
-    from ._safetensors import Layout
 
     size = len(header) + (spans[-1].end if spans else 0)
     layout = Layout(header=header, data_start=len(header), tensors=tuple(spans), metadata=metadata, file_size=size)

@@ -25,7 +25,8 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
     blobs = manifest.blob_refs()
     unique = store.catalog.blob_refcount(blobs)
     own_bytes = sum(size for d, size in blobs.items() if unique.get(d, 0) <= 1)
-    lineage = [c.name if hasattr(c, "name") else f"{c[:12]} (deleted)" for c in store.lineage(info.id)[1:]]
+    lineage = [c if isinstance(c, str) else c.name for c in store.lineage(info.id)[1:]]
+    lineage = [f"{c[:12]} (deleted)" if len(c) == 64 and "/" not in c else c for c in lineage]
     details = {
         **info.to_json(),
         "model": manifest.model,
@@ -57,7 +58,7 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
         ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in m.get("dtypes", {}).items()) or "-"),
         ("metrics", ", ".join(f"{k}={v:.6g}" for k, v in info.metrics.items()) or "-"),
         ("metadata", ", ".join(f"{k}={v}" for k, v in info.metadata.items()) or "-"),
-        ("parent", store.lineage(info.id)[1].name if len(lineage) and hasattr(store.lineage(info.id)[1], "name") else (lineage[0] if lineage else "-")),
+        ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"
                  f" {fmt_bytes(own_bytes)} not shared with other checkpoints"),
