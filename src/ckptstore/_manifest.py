@@ -13,24 +13,15 @@ from typing import Any
 import blake3
 
 from ._objects import BlobRef
+from ._safetensors import TensorSpan
 from .errors import CorruptObject, IncompatibleFormat
 
 MANIFEST_FORMAT = 1
 
 
 @dataclass(frozen=True)
-class TensorEntry:
-    """A tensor of a safetensors file; `start`/`end` are offsets in the data section, as in the file's header."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
+class TensorEntry(TensorSpan):
+    """A tensor of a safetensors file as the manifest lists it (offsets in the data section, as in the header)."""
 
     @property
     def numel(self) -> int:
