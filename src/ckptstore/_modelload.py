@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _load
+from ._loadguard import LoadGuard
+from ._manifest import manifest_id
 from .errors import IncompleteCheckpoint, InvalidCheckpoint
 
 if TYPE_CHECKING:
     from .store import Store
 
 # Options that only work when from_pretrained reads a folder (they look for files beside the weights).
-_FOLDER_ONLY = ("trust_remote_code", "gguf_file", "variant", "subfolder", "use_safetensors", "offload_folder")
+# (offload_folder works on both paths: from a state dict, transformers writes the offloaded tensors into it.)
+_FOLDER_ONLY = ("trust_remote_code", "gguf_file", "variant", "subfolder", "use_safetensors")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
     "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "preprocessor_config.json",
@@ -64,20 +71,40 @@ def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = Fals
     weights = _load.weight_files(manifest)
     if materialize is None:
         materialize = not weights or any(k in kwargs for k in _FOLDER_ONLY) or "config" in kwargs
+    guard = LoadGuard(store, manifest, kwargs)  # clear errors for shape mismatches, OOM, newer transformers
     if materialize:
         # Tensors mapped from the temporary folder stay valid after it is removed: the kernel keeps an unlinked
-        # file alive while it is mapped.
-        with store.materialized(ref) as folder:
-            return cls.from_pretrained(folder, **kwargs)
+        # file alive while it is mapped. Disk offload instead reopens the safetensors files by path when the model
+        # runs, so with an offload_folder the checkpoint is written inside it and kept.
+        offload = kwargs.get("offload_folder")
+        place = _kept_folder(store, manifest, Path(offload)) if offload else store.materialized(ref)
+        with place as folder, guard:
+            return guard.finish(guard.check(cls.from_pretrained(folder, **guard.kwargs)))
     config = _config(store, manifest, cls, kwargs)
-    state_dict = _load.load_state_dict(store.objects, manifest, files=weights, verify=verify)
-    model = concrete_class(cls, config).from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
+    with guard:
+        state_dict = _load.load_state_dict(store.objects, manifest, files=weights, verify=verify)
+        model = guard.check(
+            concrete_class(cls, config).from_pretrained(None, config=config, state_dict=state_dict, **guard.kwargs)
+        )
     gen = manifest.file("generation_config.json")
     if gen is not None and getattr(model, "generation_config", None) is not None:
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_dict(json.loads(_load.read_file_bytes(store.objects, gen)))
-    return model
+    return guard.finish(model)
+
+
+@contextlib.contextmanager
+def _kept_folder(store: "Store", manifest, offload_folder: Path) -> Iterator[Path]:
+    """The checkpoint as a folder inside `offload_folder`, reused when a previous load left it complete."""
+    dest = offload_folder / f"checkpoint-{manifest_id(manifest.to_bytes())[:12]}"
+    complete = dest.is_dir() and all(
+        (dest / f.path).is_file() and (dest / f.path).stat().st_size == f.size for f in manifest.files
+    )
+    if not complete:
+        shutil.rmtree(dest, ignore_errors=True)
+        _load.export(store.objects, manifest, dest)
+    yield dest
 
 
 def load_tokenizer(store: "Store", ref: str, cls: Any = None, **kwargs: Any):

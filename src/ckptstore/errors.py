@@ -21,11 +21,15 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── InvalidCheckpoint (ValueError)      what was given is not a loadable checkpoint
     │   ├── IncompleteCheckpoint            weights without config.json, shards missing, ...
     │   ├── InvalidSafetensors              a header or layout that breaks the safetensors format
-    │   └── UnsafePickle                    a pickle that asks for more than tensors
+    │   ├── UnsafePickle                    a pickle that asks for more than tensors
+    │   └── ShapeMismatch                   weights whose shapes do not match the config
     ├── CorruptObject (OSError)             a blob or manifest whose bytes do not match its hash
     ├── StoreLocked (TimeoutError)          another process holds the lock we need
+    ├── OutOfMemory (MemoryError)           not enough memory to load a checkpoint as asked
     ├── PolicyError (ValueError)            a retention policy that would delete everything, ...
     └── ValidationFailed                    a checkpoint failed `validate`
+
+    CompatibilityWarning (UserWarning)      a checkpoint saved by a newer transformers than the one installed
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "AmbiguousReference",
     "CheckpointNotFound",
     "CkptError",
+    "CompatibilityWarning",
     "CorruptObject",
     "DestinationNotEmpty",
     "IncompatibleFormat",
@@ -43,8 +48,10 @@ __all__ = [
     "InvalidName",
     "InvalidSafetensors",
     "NameExists",
+    "OutOfMemory",
     "PolicyError",
     "ReferenceError_",
+    "ShapeMismatch",
     "SourceNotFound",
     "StoreLocked",
     "StoreNotFound",
@@ -174,6 +181,23 @@ class UnsafePickle(InvalidCheckpoint):
     default_hint = "Only plain tensor pickles are read; convert the file to safetensors where it was made."
 
 
+class ShapeMismatch(InvalidCheckpoint):
+    """A stored tensor whose shape is not the one the config asks for (weights saved with another config)."""
+
+    def __init__(self, name: str, tensor: str, checkpoint_shape: tuple[int, ...], model_shape: tuple[int, ...],
+                 *, others: int = 0) -> None:
+        self.tensor = tensor
+        self.checkpoint_shape = tuple(checkpoint_shape)
+        self.model_shape = tuple(model_shape)
+        more = f" (and {others} more)" if others else ""
+        super().__init__(
+            f"Checkpoint {name!r} does not match its config: tensor {tensor!r} has shape {list(self.checkpoint_shape)},"
+            f" the model built from config.json expects {list(self.model_shape)}{more}.",
+            hint="The weights were saved with another config; store them with their own config.json, or pass"
+            " ignore_mismatched_sizes=True to re-initialize those tensors.",
+        )
+
+
 class CorruptObject(CkptError, OSError):
     def __init__(self, message: str, *, digest: str | None = None, path: str | None = None, hint: str | None = None):
         self.digest = digest
@@ -185,6 +209,13 @@ class StoreLocked(CkptError, TimeoutError):
     default_hint = "Another ckpt process is working on this store; wait for it to finish and try again."
 
 
+class OutOfMemory(CkptError, MemoryError):
+    default_hint = (
+        "Load it in a smaller dtype (dtype=torch.bfloat16, or 'ckpt convert --dtype bf16'), or let accelerate place"
+        " it with device_map='auto' (plus offload_folder=... to spill to disk)."
+    )
+
+
 class PolicyError(CkptError, ValueError):
     pass
 
@@ -193,3 +224,7 @@ class ValidationFailed(CkptError):
     def __init__(self, message: str, *, report: object = None, hint: str | None = None) -> None:
         self.report = report
         super().__init__(message, hint=hint)
+
+
+class CompatibilityWarning(UserWarning):
+    """The checkpoint was saved by a newer transformers than the one installed; it may not load or run the same."""

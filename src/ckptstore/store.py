@@ -28,6 +28,8 @@ from ._names import check_name, check_tag, run_of, split_tag_ref
 from ._objects import BlobWriter, ObjectStore, is_digest
 from ._refs import Refs
 from ._verify import Problem, VerifyReport, verify_manifests
+from ._diff import DiffReport
+from ._validate import ValidationReport
 from .config import StoreConfig, check_chunk_bytes, resolve_store_path
 from .errors import (
     AmbiguousReference,
@@ -626,6 +628,22 @@ class Store:
                 for run, cs in sorted(runs.items())
             ),
         )
+
+    # -- validate and diff (issue 4: _validate.py, _diff.py) ------------------------------------------------------
+    def validate(self, ref: str, cls: Any = None, text: str | None = None) -> ValidationReport:
+        """Load the checkpoint with from_pretrained (and its tokenizer), scan its weights for NaN/Inf, run a forward
+        pass on `text` and check the installed transformers understands it. `report.ok` is False when it is unfit
+        to ship; `report.raise_for_errors()` turns that into ValidationFailed."""
+        from ._validate import validate
+
+        return validate(self, ref, cls, text)
+
+    def diff(self, a: str, b: str) -> DiffReport:
+        """How checkpoint `b` differs from `a`: config keys, files, and tensors (added, removed, reshaped, changed
+        with relative L2 and max abs difference). Tensors with equal blob digests are not read."""
+        from ._diff import diff
+
+        return diff(self, a, b)
 
 
 def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:

@@ -27,6 +27,9 @@ COMMANDS = [
     ("cmd_gc", "gc"),
     ("cmd_du", "du"),
     ("cmd_fsck", "fsck"),
+    ("cmd_log", "log"),
+    ("cmd_diff", "diff"),
+    ("cmd_validate", "validate"),
 ]
 
 

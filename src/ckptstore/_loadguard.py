@@ -1,0 +1,99 @@
+"""Turn the ways `from_pretrained` fails on a stored checkpoint into one line and a hint.
+
+transformers reports a shape mismatch as a long table in its log followed by "You set `ignore_mismatched_sizes` to
+`False`...", and running out of memory as an allocator assertion. Users meet both when they load a checkpoint, so
+`Store.load` goes through `LoadGuard`, which names the tensor, or suggests `dtype` / `device_map`, instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from ._compat import Compatibility, compatibility, read_config
+from ._info import human_bytes
+from .errors import CkptError, CompatibilityWarning, InvalidCheckpoint, OutOfMemory, ShapeMismatch
+
+if TYPE_CHECKING:
+    from ._manifest import Manifest
+    from .store import Store
+
+_OOM_MARKERS = ("not enough memory", "can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+class LoadGuard:
+    """Wraps one load: `kwargs` are what to pass to from_pretrained, `check` inspects its result, and the guard as
+    a context manager translates failures. `finish` returns what the caller asked for (model, or model and info)."""
+
+    def __init__(self, store: "Store", manifest: "Manifest", kwargs: dict[str, Any]) -> None:
+        self.manifest = manifest
+        self.compat: Compatibility = compatibility(read_config(store.objects, manifest), manifest)
+        self.want_info = bool(kwargs.pop("output_loading_info", False))
+        self.user_ignores_mismatch = bool(kwargs.get("ignore_mismatched_sizes", False))
+        # Asking transformers to tolerate mismatches and report them lets us raise one clear error naming the
+        # tensor; it changes nothing else in the load (the flag only gates that final raise).
+        self.kwargs = {**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True}
+        self.info: dict[str, Any] = {}
+        if self.compat.newer:
+            warnings.warn(
+                f"Checkpoint {manifest.name!r} was saved by transformers {self.compat.saved_with}, newer than the"
+                f" installed {self.compat.installed}; it may not load or behave the same. Upgrade transformers.",
+                CompatibilityWarning,
+                stacklevel=4,
+            )
+
+    def check(self, result: Any) -> Any:
+        model, self.info = result
+        mismatched = sorted(self.info.get("mismatched_keys") or ())
+        if mismatched and not self.user_ignores_mismatch:
+            tensor, ckpt_shape, model_shape = mismatched[0]
+            raise ShapeMismatch(self.manifest.name, tensor, ckpt_shape, model_shape, others=len(mismatched) - 1)
+        return model
+
+    def finish(self, model: Any) -> Any:
+        return (model, self.info) if self.want_info else model
+
+    def __enter__(self) -> "LoadGuard":
+        return self
+
+    def __exit__(self, exc_type, exc: BaseException | None, tb) -> bool:
+        if exc is None or isinstance(exc, CkptError) or not isinstance(exc, Exception):
+            return False
+        name = self.manifest.name
+        if is_out_of_memory(exc):
+            weights = sum(f.size for f in self.manifest.files if f.path.endswith((".safetensors", ".bin")))
+            asked = self.kwargs.get("dtype", self.kwargs.get("torch_dtype"))
+            raise OutOfMemory(
+                f"Not enough memory to load {name!r} ({human_bytes(weights)} of weights"
+                + (f", as {asked}" if asked is not None else "")
+                + f"): {_oom_detail(exc)}."
+            ) from exc
+        problem = self.compat.problem()
+        if problem is not None:
+            why, hint = problem
+            raise InvalidCheckpoint(f"Cannot load {name!r}: {why} ({first_line(exc)}).", hint=hint) from exc
+        return False
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _oom_detail(exc: BaseException) -> str:
+    # torch's allocator message is an assertion dump; the size it tried to allocate is the useful part.
+    m = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    if m:
+        return f"allocating {human_bytes(int(m.group(1)))} failed"
+    return first_line(exc)
