@@ -345,36 +345,68 @@ class Store:
 
         with contextlib.ExitStack() as stack:
             sources = self._collect(src, tokenizer, extra_files, max_shard_size, stack)
-            with self._writing():
-                writer = BlobWriter(self.objects)
-                try:
-                    entries = ingest(sources, writer, self.config.chunk_bytes, on_progress=on_progress)
-                    writer.commit()
-                except BaseException:
-                    writer.abort()
-                    raise
-                by_path = {s.path: s for s in sources}
-
-                def read_small(path: str) -> bytes | None:
-                    s = by_path.get(path)
-                    return bytes(s.read(0, s.size)) if s is not None and s.layout is None and s.size < 1 << 22 else None
-
-                manifest = Manifest(
-                    name=name,
-                    run=run_of(name),
-                    created_at=time.time(),
-                    files=tuple(entries),
-                    step=step,
-                    parent=parent_id,
-                    tags=tags,
-                    metrics=clean_metrics,
-                    metadata=dict(metadata or {}),
-                    message=message,
-                    model=_model_facts(entries, read_small),
-                    environment=_environment(),
-                )
-                cid = self._commit_manifest(manifest, tags)
+            cid, _ = self._save_sources(
+                sources, name, tags=tags, metrics=clean_metrics, metadata=metadata, parent_id=parent_id,
+                message=message, step=step, on_progress=on_progress,
+            )
         return self.info(cid)
+
+    def _save_sources(
+        self,
+        sources: list[SourceFile],
+        name: str,
+        *,
+        tags: tuple[str, ...] = (),
+        metrics: Mapping[str, float] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parent_id: str | None = None,
+        message: str | None = None,
+        step: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        keep: Iterable[FileEntry] = (),
+    ) -> tuple[str, int]:
+        """Write `sources` as blobs and commit the manifest; return the id and the bytes newly stored.
+
+        `keep` lists files of stored checkpoints to carry over as they are (convert keeps tokenizer and training
+        state this way): their blobs are already stored, so not a byte of them is read or written again."""
+        kept = tuple(keep)
+        with self._writing():
+            # Under the writing lock gc cannot run, so a blob found here stays until the manifest references it.
+            missing = [b.digest for f in kept for b in f.blobs if not self.objects.has(b.digest)]
+            if missing:
+                raise CorruptObject(f"Blob {missing[0][:12]} to carry over is missing from the store.", digest=missing[0])
+            writer = BlobWriter(self.objects)
+            try:
+                entries = ingest(sources, writer, self.config.chunk_bytes, on_progress=on_progress) + list(kept)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            by_path = {s.path: s for s in sources}
+            kept_by_path = {f.path: f for f in kept}
+
+            def read_small(path: str) -> bytes | None:
+                s = by_path.get(path)
+                if s is not None:
+                    return bytes(s.read(0, s.size)) if s.layout is None and s.size < 1 << 22 else None
+                f = kept_by_path.get(path)
+                return _load.read_file_bytes(self.objects, f) if f is not None and f.size < 1 << 22 else None
+
+            manifest = Manifest(
+                name=name,
+                run=run_of(name),
+                created_at=time.time(),
+                files=tuple(sorted(entries, key=lambda e: e.path)) if kept else tuple(entries),
+                step=step,
+                parent=parent_id,
+                tags=tags,
+                metrics=_check_metrics(metrics),
+                metadata=dict(metadata or {}),
+                message=message,
+                model=_model_facts(entries, read_small),
+                environment=_environment(),
+            )
+            return self._commit_manifest(manifest, tags), writer.bytes_written
 
     def _collect(self, src, tokenizer, extra_files, max_shard_size, stack: contextlib.ExitStack) -> list[SourceFile]:
         sources: list[SourceFile]
@@ -481,6 +513,33 @@ class Store:
         return dest
 
     checkout = export
+
+    # -- import and convert ---------------------------------------------------------------------------------------
+    def import_folder(self, path: str | os.PathLike[str], *, run: str | None = None, keep_pickles: bool = False,
+                      progress: Any = None):
+        """Import a model folder, a Trainer output folder (each checkpoint-N as RUN/step-N with its eval metrics,
+        RUN:best) or a hub cache folder. Legacy weight pickles become safetensors unless `keep_pickles`. Names
+        already stored are skipped. Returns an ImportReport."""
+        from ._import import import_folder
+
+        return import_folder(self, path, run=run, keep_pickles=keep_pickles, progress=progress)
+
+    def import_hf_cache(self, cache_dir: str | os.PathLike[str] | None = None, *, keep_pickles: bool = False,
+                        progress: Any = None):
+        """Import every snapshot of every model in a Hugging Face hub cache (default: the user's) as
+        ORG--MODEL/rev-<commit>, tagged with its refs. Returns an ImportReport."""
+        from ._import import import_hf_cache
+
+        return import_hf_cache(self, cache_dir, keep_pickles=keep_pickles, progress=progress)
+
+    def convert(self, ref: str, to: str = "safetensors", dtype: Any = None, max_shard_size: int | str | None = None,
+                name: str | None = None) -> CheckpointInfo:
+        """A new checkpoint (parent: `ref`) with its weights as safetensors, cast to `dtype` ("bf16", "fp16",
+        "fp32") and split into shards of `max_shard_size`; ties handled as save_pretrained does. Default name:
+        REF's name + '-bf16' (or '-safetensors')."""
+        from ._convert import convert_checkpoint
+
+        return convert_checkpoint(self, ref, to=to, dtype=dtype, max_shard_size=max_shard_size, name=name)
 
     # -- names ------------------------------------------------------------------------------------------------
     def tag(self, ref: str, tag: str) -> CheckpointInfo:

@@ -27,6 +27,8 @@ COMMANDS = [
     ("cmd_gc", "gc"),
     ("cmd_du", "du"),
     ("cmd_fsck", "fsck"),
+    ("cmd_import", "import_"),
+    ("cmd_convert", "convert"),
     ("cmd_log", "log"),
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
