@@ -29,12 +29,14 @@ from .errors import (
     ValidationFailed,
 )
 from .store import DeletePlan, Store
+from ._manager import CheckpointManager
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousReference",
     "CheckpointInfo",
+    "CheckpointManager",
     "CheckpointNotFound",
     "CkptError",
     "CorruptObject",

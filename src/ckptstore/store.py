@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _load
+from . import _load, _retention
 from ._backend import atomic_write_bytes, fsync_dir
 from ._catalog import Catalog
 from ._failpoints import failpoint
@@ -349,7 +349,12 @@ class Store:
                 sources, name, tags=tags, metrics=clean_metrics, metadata=metadata, parent_id=parent_id,
                 message=message, step=step, on_progress=on_progress,
             )
-        return self.info(cid)
+        info = self.info(cid)
+        # Committed: apply the run's policy and move its latest/best tags. A newer save from another process may
+        # have pruned this one already, so return what is stored now, or else what was committed.
+        _retention.after_save(self, info.run)
+        now = self.catalog.infos(ids=[cid])
+        return now[0] if now else info
 
     def _save_sources(
         self,
@@ -586,18 +591,22 @@ class Store:
         if dry_run or not ids:
             return plan
         with self._commit_lock():
-            for cid in ids:
-                failpoint("delete.manifest")
-                self._manifest_path(cid).unlink(missing_ok=True)
-            fsync_dir(self.root / "checkpoints")
-            # Manifests first: once they are gone the checkpoints are; a crash here leaves dangling tags, which
-            # resolve to nothing and are dropped by the next index sync or fsck.
-            for (run, tag), cid in self.refs.all().items():
-                if cid in set(ids):
-                    self.refs.remove(run, tag)
-            self.catalog.remove_many(ids)
-            self._sync_index()
+            self._remove_locked(ids)
         return DeletePlan(infos, tags, plan.reclaimable_bytes, executed=True)
+
+    def _remove_locked(self, ids: list[str]) -> None:
+        """Remove the manifests and tags of `ids`. The caller holds the commit lock (prune plans under it too)."""
+        for cid in ids:
+            failpoint("delete.manifest")
+            self._manifest_path(cid).unlink(missing_ok=True)
+        fsync_dir(self.root / "checkpoints")
+        # Manifests first: once they are gone the checkpoints are; a crash here leaves dangling tags, which
+        # resolve to nothing and are dropped by the next index sync or fsck.
+        for (run, tag), cid in self.refs.all().items():
+            if cid in set(ids):
+                self.refs.remove(run, tag)
+        self.catalog.remove_many(ids)
+        self._sync_index()
 
     def _reclaimable(self, ids: list[str]) -> int:
         wanted = set(ids)
@@ -687,6 +696,22 @@ class Store:
                 for run, cs in sorted(runs.items())
             ),
         )
+
+    # -- retention (the store side lives in _retention.py, the rules in policies.py) ---------------------------
+    def set_policy(self, run: str, policy: "_retention.RetentionPolicy | None") -> None:
+        """Make `policy` the run's retention policy (None removes it); every later save of the run applies it."""
+        _retention.set_policy(self, run, policy)
+
+    def get_policy(self, run: str) -> "_retention.RetentionPolicy | None":
+        settings = _retention.read_settings(self, run)
+        return settings.policy if settings else None
+
+    def prune(
+        self, run: str, policy: "_retention.RetentionPolicy | None" = None, *, dry_run: bool = False
+    ) -> "_retention.PruneResult":
+        """Remove the run's checkpoints that `policy` (default: the run's own) does not keep; `gc` then frees
+        their blobs. The latest, the best, user-tagged and in-use checkpoints always stay."""
+        return _retention.prune(self, run, policy, dry_run=dry_run)
 
     # -- validate and diff (issue 4: _validate.py, _diff.py) ------------------------------------------------------
     def validate(self, ref: str, cls: Any = None, text: str | None = None) -> ValidationReport:

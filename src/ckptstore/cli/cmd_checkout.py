@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import click
+
+from .._resume import checkout as checkout_for_resume
+from ._app import command, err, fmt_bytes, open_store, progress_bar
+
+
+@command("checkout")
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=str))
+@click.option("--verify", is_flag=True, help="Re-hash every blob while copying (slower, catches corruption).")
+def checkout(ref: str, dest: str, verify: bool, store_path: str | None) -> None:
+    """Write training checkpoint REF to DEST to resume from it: trainer.train(resume_from_checkpoint=DEST).
+
+    The folder is byte-identical to what Trainer saved (optimizer, scheduler, RNG state, trainer_state.json), so
+    the resumed run continues exactly. A checkpoint without optimizer or trainer state is refused (a resume from it
+    would restart the optimizer); use 'ckpt export' for weights alone. DEST must not exist or be empty.
+
+    \b
+    Examples:
+      ckpt checkout bert-sst2:latest ./resume
+      ckpt checkout bert-sst2/step-500 ./resume --verify
+    Exit codes: 0 ok, 1 failure (no training state, damaged blob), 2 usage error (DEST not empty).
+    """
+    store = open_store(store_path)
+    info = store.info(ref)
+    with progress_bar(f"checking out {info.name}", info.logical_bytes) as advance:
+        checkout_for_resume(store, info.id, dest, verify=verify, on_progress=advance)
+    err.print(f"Checked out [bold]{info.name}[/] to {dest} ({info.file_count} files, {fmt_bytes(info.logical_bytes)})")
+    err.print(f"Resume with: trainer.train(resume_from_checkpoint={dest!r})")

@@ -1,0 +1,5 @@
+"""Training integrations. Each lives in its own module so that importing ckptstore never imports a framework:
+
+- :mod:`ckptstore.integrations.transformers`: ``CheckpointCallback`` for ``transformers.Trainer``.
+- ``ckptstore.CheckpointManager``: plain PyTorch loops (in the core package: it needs nothing but torch).
+"""

