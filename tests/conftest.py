@@ -111,3 +111,48 @@ def run_ckpt_subprocess(*args: str, env: dict | None = None, timeout: float = 12
         [sys.executable, "-m", "ckptstore", *map(str, args)], env=full_env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def tree_sha256():
+    """A function: folder -> {relative posix path: sha256 hex} of every file under it, hashed here with hashlib
+    (independent of the store's own BLAKE3), so byte-exact round trips are checked against the test's own digests."""
+    import hashlib
+
+    def digests(root: Path) -> dict[str, str]:
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*"))
+            if p.is_file()
+        }
+
+    return digests
+
+
+@pytest.fixture
+def ambiguous_pair(store, tiny_bert_dir):
+    """Two checkpoints whose ids share their first 4 hex digits: returns (prefix, ((name, id), (name, id))).
+
+    Ids are hashes of manifests, so a shared prefix cannot be asked of `save`; the test writes two manifests of a
+    stored checkpoint, renamed and varied by a nonce until their ids collide on 4 digits (a birthday search of a few
+    hundred hashes), into checkpoints/ as the format allows, and lets the index pick them up."""
+    import dataclasses
+
+    from ckptstore._manifest import Manifest, manifest_id
+
+    base_id = store.save(tiny_bert_dir, "amb/base").id
+    base = Manifest.from_bytes((store.root / "checkpoints" / f"{base_id}.json").read_bytes(), expected_id=base_id)
+    seen: dict[str, tuple[str, bytes]] = {}
+    for nonce in range(100_000):
+        data = dataclasses.replace(base, name=f"amb/n-{nonce}", metadata={"nonce": nonce}).to_bytes()
+        cid = manifest_id(data)
+        if cid[:4] in seen:
+            pair = (seen[cid[:4]], (cid, data))
+            break
+        seen[cid[:4]] = (cid, data)
+    else:
+        raise AssertionError("no 4-digit id collision in 100000 manifests")
+    for cid, data in pair:
+        (store.root / "checkpoints" / f"{cid}.json").write_bytes(data)
+    store.reindex()
+    return pair[0][0][:4], tuple((store.info(cid).name, cid) for cid, _ in pair)

@@ -56,9 +56,12 @@ class Catalog:
         try:
             db = self._open()
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None or int(row[0]) != SCHEMA_VERSION:
+            if row is None or str(row[0]) != str(SCHEMA_VERSION):
                 raise sqlite3.DatabaseError("schema mismatch")
-            db.execute("SELECT count(*) FROM checkpoints").fetchone()
+            # A damaged page shows only when a query reaches it, possibly long after opening; quick_check reads
+            # every page once (a few ms per MB of index) so damage is found here, where it can be rebuilt.
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("index damaged")
             return db
         except sqlite3.DatabaseError:
             # A cache that cannot be read is thrown away and rebuilt from the manifests.

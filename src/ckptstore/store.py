@@ -193,7 +193,10 @@ class Store:
     def _sync_index(self) -> None:
         """Bring the index in line with the manifests and refs on disk (they are the truth)."""
         cat = self._catalog
-        assert cat is not None
+        if cat is None:
+            # Not opened yet (e.g. `untag` on a fresh Store touches only refs before syncing): opening syncs it.
+            self.catalog
+            return
         disk = self._manifest_ids_on_disk()
         indexed = cat.ids()
         missing = disk - indexed - set(self.damaged_manifests)

@@ -4,7 +4,9 @@ import json
 
 import click
 
-from ..errors import InvalidArgument
+from .._ingest import check_folder, folder_sources
+from .._names import check_name, check_tag
+from ..errors import InvalidArgument, StoreNotFound
 from ._app import command, err, fmt_bytes, json_option, open_store, print_json, progress_bar
 
 
@@ -18,7 +20,9 @@ def _pairs(values: tuple[str, ...], what: str, *, numeric: bool) -> dict:
             try:
                 out[key] = float(value)
             except ValueError:
-                raise InvalidArgument(f"Metric {key}={value!r} is not a number.") from None
+                raise InvalidArgument(
+                    f"Metric {key}={value!r} is not a number.", hint=f"Write it as --metric {key}=0.31."
+                ) from None
         else:
             try:
                 out[key] = json.loads(value)
@@ -48,15 +52,26 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
       ckpt save ./final bert-sst2/final --parent bert-sst2/step-500 -m "after LR sweep"
     Exit codes: 0 ok, 1 failure, 2 usage error (bad name, missing SRC).
     """
-    store = open_store(store_path, create=True)
     from pathlib import Path
+
+    metrics, meta = _pairs(metrics, "metric", numeric=True), _pairs(meta, "meta", numeric=False)
+    try:
+        store = open_store(store_path)
+    except StoreNotFound:
+        # save may create the store, but not for input it would refuse anyway: a typo must not leave an empty
+        # store behind. So check what save checks (name, tags, the folder and every safetensors header) first.
+        check_name(name)
+        for t in tags:
+            check_tag(t)
+        with folder_sources(check_folder(Path(src))):
+            pass
+        store = open_store(store_path, create=True)
 
     total = sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file()) if Path(src).is_dir() else 0
     before = store.du().stored_bytes
     with progress_bar(f"saving {name}", total) as advance:
         info = store.save(
-            src, name, tags=tags, metrics=_pairs(metrics, "metric", numeric=True),
-            metadata=_pairs(meta, "meta", numeric=False), parent=parent, step=step, message=message,
+            src, name, tags=tags, metrics=metrics, metadata=meta, parent=parent, step=step, message=message,
             on_progress=advance,
         )
     added = store.du().stored_bytes - before
