@@ -1,7 +1,7 @@
 """Checkpointing during training: how long a save blocks the loop, what saving costs in steps/s, and disk used.
 
-    .venv/bin/python bench/bench_training.py [--repeat N] [--steps S] [--every K] [--quick] [--tmp-dir DIR]
-                                             [--only blocked,throughput,storage]
+    .venv/bin/python bench/bench_training.py [--repeat N] [--steps S] [--every K] [--rounds R] [--quick]
+                                             [--tmp-dir DIR] [--only blocked,throughput,storage]
 
 1. blocked    BERT-base-sized model (BertForSequenceClassification, default BertConfig: ~110M parameters, random
               weights built here) with AdamW state: the time `save` keeps the training loop waiting, median of N
@@ -10,8 +10,9 @@
                 CheckpointManager(async_save=False).save             sync: snapshot, hash, write, commit
                 CheckpointManager(async_save=True).save              async: the host-memory snapshot only
               Target: async blocked time under 20% of a sync save.
-2. throughput steps/s of the same loop over S steps, saving every K steps (sync, async) vs not saving. The async
-              save's hashing and writing share the machine's cores with training, so it is not free either.
+2. throughput steps/s of the same loop over S steps, saving every K steps (sync, async) vs not saving, median of
+              R interleaved rounds. The async save's hashing and writing share the cores with training, so it is
+              not free either.
 3. storage    fine-tune the real all-MiniLM-L6-v2 (BERT, 22.7M parameters) with transformers.Trainer for several
               saves, with frozen embeddings and with full fine-tuning: bytes of Trainer's own checkpoint folders
               (save_total_limit unset, and =2) vs the store holding every checkpoint (CheckpointCallback).
@@ -125,29 +126,37 @@ def bench_blocked(tmp: Path, repeat: int) -> dict[str, float]:
     return med
 
 
-def bench_throughput(tmp: Path, steps: int, every: int) -> dict[str, float]:
+def bench_throughput(tmp: Path, steps: int, every: int, repeat: int) -> dict[str, float]:
     from ckptstore import CheckpointManager, Store
 
-    print(f"\n[2] steps/s over {steps} steps of BERT-base (batch 2 x 32 tokens), saving every {every} steps")
-    out: dict[str, float] = {}
-    for mode in ("no saving", "sync save", "async save"):
-        model, optimizer, scheduler = bert_base_training()
+    modes = ("no saving", "sync save", "async save")
+    print(f"\n[2] steps/s over {steps} steps of BERT-base (batch 2 x 32 tokens), saving every {every} steps;"
+          f" median of {repeat} rounds, the modes interleaved so that a change in machine load hits each alike")
+    loops = {}
+    for mode in modes:
         manager = None
         if mode != "no saving":
-            store = Store.init(tmp / f"throughput-{mode.split()[0]}")
-            manager = CheckpointManager(store, "run", async_save=mode == "async save")
-        train_step(model, optimizer, scheduler)
-        os.sync()
-        t = time.perf_counter()
-        for step in range(1, steps + 1):
+            manager = CheckpointManager(Store.init(tmp / f"throughput-{mode.split()[0]}"), "run",
+                                        async_save=mode == "async save")
+        loops[mode] = (*bert_base_training(), manager)
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    for r in range(repeat):
+        for mode in modes:
+            model, optimizer, scheduler, manager = loops[mode]
             train_step(model, optimizer, scheduler)
-            if manager is not None and step % every == 0:
-                manager.save(step, model, optimizer, scheduler)
-        if manager is not None:
-            manager.wait()  # the run is not done until its last checkpoint is
-        out[mode] = steps / (time.perf_counter() - t)
+            os.sync()
+            t = time.perf_counter()
+            for step in range(r * steps + 1, (r + 1) * steps + 1):
+                train_step(model, optimizer, scheduler)
+                if manager is not None and step % every == 0:
+                    manager.save(step, model, optimizer, scheduler)
+            if manager is not None:
+                manager.wait()  # the round is not done until its last checkpoint is
+            rates[mode].append(steps / (time.perf_counter() - t))
+    out = {mode: statistics.median(v) for mode, v in rates.items()}
     for mode, rate in out.items():
-        print(f"  {mode:12s} {rate:6.3f} steps/s   {rate / out['no saving']:5.2f}x of no saving")
+        spread = f"{min(rates[mode]):.3f}..{max(rates[mode]):.3f}"
+        print(f"  {mode:12s} {rate:6.3f} steps/s ({spread})   {rate / out['no saving']:5.2f}x of no saving")
     return out
 
 
@@ -231,7 +240,8 @@ def bench_storage(tmp: Path, saves: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the steps/s measurement")
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--saves", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (a smoke run)")
@@ -239,7 +249,7 @@ def main() -> None:
     parser.add_argument("--tmp-dir", type=Path, default=REPO / "bench-tmp")
     args = parser.parse_args()
     if args.quick:
-        args.repeat, args.steps, args.every, args.saves = 2, 6, 3, 3
+        args.repeat, args.steps, args.every, args.saves, args.rounds = 2, 6, 3, 3, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -252,7 +262,7 @@ def main() -> None:
         if "blocked" in parts:
             bench_blocked(tmp, args.repeat)
         if "throughput" in parts:
-            bench_throughput(tmp, args.steps, args.every)
+            bench_throughput(tmp, args.steps, args.every, args.rounds)
         if "storage" in parts:
             bench_storage(tmp, args.saves)
     finally:
