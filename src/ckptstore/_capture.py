@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ._ingest import SourceFile, bytes_source
-from ._safetensors import TORCH_TO_ST, Layout, build_header, tensor_bytes
+from ._safetensors import TORCH_TO_ST, Layout, build_header, st_shape, tensor_bytes
 from .errors import InvalidArgument
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -32,7 +32,7 @@ def tensors_source(path: str, tensors: dict[str, torch.Tensor], metadata: dict[s
         if t.dtype not in TORCH_TO_ST:
             raise InvalidArgument(f"Cannot store tensor {name!r}: safetensors has no dtype for {t.dtype}.")
         prepared[name] = t.detach().to("cpu").contiguous()
-    header, spans = build_header([(n, TORCH_TO_ST[t.dtype], tuple(t.shape)) for n, t in prepared.items()], metadata)
+    header, spans = build_header([(n, TORCH_TO_ST[t.dtype], st_shape(t)) for n, t in prepared.items()], metadata)
     by_start = {}
     for span in spans:
         if span.end > span.start:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS blob_refs (
 );
 CREATE INDEX IF NOT EXISTS blob_refs_digest ON blob_refs (digest);
 CREATE TABLE IF NOT EXISTS tags (run TEXT NOT NULL, tag TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (run, tag));
+-- Checkpoints whose manifest vanished without a delete (a store delete logs itself in checkpoints/deleted.log
+-- first): the only record that they existed, so that verify can name them. Cleared when the manifest comes back,
+-- or by reindex (which accepts the loss).
+CREATE TABLE IF NOT EXISTS lost (id TEXT PRIMARY KEY, name TEXT NOT NULL, noticed_at REAL NOT NULL);
 """
 
 _COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, file_count, metrics, metadata"
@@ -94,6 +99,7 @@ class Catalog:
         failpoint("index.update")
         with self._tx():
             for cid, m in items:
+                self.db.execute("DELETE FROM lost WHERE id = ?", (cid,))
                 self.db.execute("DELETE FROM checkpoints WHERE name = ? AND id != ?", (m.name, cid))
                 self.db.execute(
                     f"INSERT OR REPLACE INTO checkpoints ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -107,17 +113,29 @@ class Catalog:
                     [(cid, d, s) for d, s in m.blob_refs().items()],
                 )
 
-    def remove_many(self, ids: Iterable[str]) -> None:
+    def remove_many(self, ids: Iterable[str], *, lost: bool = False) -> None:
+        """Drop the rows of `ids`; with `lost`, remember their names in the `lost` table (see the schema)."""
         ids = list(ids)
         if not ids:
             return
         failpoint("index.update")
         with self._tx():
             for cid in ids:
+                if lost:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO lost (id, name, noticed_at) SELECT id, name, ? FROM checkpoints"
+                        " WHERE id = ?",
+                        (time.time(), cid),
+                    )
                 self.db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
                 self.db.execute("DELETE FROM blob_refs WHERE checkpoint = ?", (cid,))
 
+    def lost(self) -> dict[str, str]:
+        """id -> name of the checkpoints whose manifest vanished behind the store's back."""
+        return dict(self.db.execute("SELECT id, name FROM lost ORDER BY name").fetchall())
+
     def set_tags(self, tags: dict[tuple[str, str], str]) -> None:
+        failpoint("index.tags")
         with self._tx():
             self.db.execute("DELETE FROM tags")
             self.db.executemany(

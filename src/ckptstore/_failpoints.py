@@ -1,15 +1,50 @@
-"""Failpoints: named places in the write path where a test can make the process die or an I/O call fail.
+"""Failpoints: named places in the write paths where a test can make the process die, stop, or an I/O call fail.
+
+Trusted storage systems prove their crash safety by breaking each step of a commit in turn (SQLite injects an I/O
+error at every operation, restic and borg interrupt every step and re-check the repository). These hooks let
+tests/reliability do the same with real processes.
 
 Set ``CKPT_FAILPOINT`` to a comma-separated list of ``NAME:ACTION[@N]``:
 
-- ``NAME`` a failpoint name such as ``blob.write``, ``blob.sync``, ``blob.rename``, ``manifest.write.rename``,
-  ``ref.write``, ``index.update``, ``delete.manifest``, ``gc.unlink`` (``ckpt`` lists them in docs/format.md);
-  a trailing ``*`` matches any name with that prefix.
-- ``ACTION`` ``kill`` (SIGKILL the process: a crash), ``raise`` (RuntimeError), ``eio`` or ``enospc`` (OSError).
-- ``@N`` trigger at the N-th hit of that failpoint (default 1).
+- ``NAME`` a failpoint name (list below); a trailing ``*`` matches every name with that prefix, so ``*`` alone
+  matches every failpoint.
+- ``ACTION`` ``kill`` (SIGKILL the process: a crash), ``stop`` (SIGSTOP the process: a writer paused by the
+  scheduler, a debugger or a frozen container), ``raise`` (RuntimeError), ``eio`` or ``enospc`` (OSError with
+  that errno, as a failing disk or a full one gives), ``trace`` (nothing: only count, see :func:`seen`).
+- ``@N`` act at the N-th hit of that item (default 1). Hits are counted per item, so ``*:eio@7`` fails the 7th
+  I/O step of the process whatever its name, which is how a test walks "an error at write N for N = 1, 2, ...".
 
-The spec is read once, the first time a failpoint is reached; when it is unset, each failpoint costs one dict
-lookup. Used by tests/reliability; never set it in production.
+The failpoints, in the order a save, a delete, a gc and a tag update reach them:
+
+=====================  ==========================================================================================
+``blob.write``         before each write(2) of a new blob into ``tmp/`` (a blob larger than one write hits it
+                       several times)
+``blob.sync``          after every new blob of a save is written, before the one sync that makes them durable
+``blob.rename``        before each rename of a durable blob from ``tmp/`` to ``objects/``
+``manifest.write``     before the manifest is written (once), then before each write(2) of it into ``tmp/``
+``manifest.fsync``     before the manifest's fsync
+``manifest.rename``    before the rename that commits the checkpoint
+``ref.write``          before a tag file is written (once), then before each write(2) of it
+``ref.fsync``          before a tag file's fsync
+``ref.rename``         before the rename that moves a tag
+``ref.remove``         before a tag file is unlinked (delete, untag, prune)
+``index.update``       before each SQLite transaction that adds or removes checkpoints in the index
+``index.tags``         before the SQLite transaction that rewrites the tags table of the index
+``delete.log``         before a delete (or prune) appends its checkpoints to ``checkpoints/deleted.log``
+``delete.manifest``    before each manifest unlink of a delete (and so of prune)
+``gc.plan``            after gc has listed what to remove, before it removes anything
+``gc.unlink``          before each unreferenced blob is unlinked
+``gc.tmp``             before each leftover temporary file is unlinked
+``policy.*``           ``policy.write``/``policy.fsync``/``policy.rename`` of a run's settings (set_policy)
+``write.*``            ``write.write``/``write.fsync``/``write.rename`` of other small atomic files (store.json)
+=====================  ==========================================================================================
+
+A prune reaches the failpoints of a delete (``delete.log`` ... ``delete.manifest``) and of the tags it moves.
+``CKPT_FAILPOINT=*:trace`` and :func:`seen` list every failpoint an operation reaches, which is how the reliability
+suite enumerates them instead of trusting this table.
+
+The spec is read once, the first time a failpoint is reached; when it is unset each failpoint costs a global
+lookup and a test of an empty dict. Never set it in production.
 """
 
 from __future__ import annotations
@@ -17,10 +52,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
+
+ENV = "CKPT_FAILPOINT"
+ACTIONS = ("kill", "stop", "raise", "eio", "enospc", "trace")
 
 _spec: dict[str, tuple[str, int]] | None = None
-_hits: dict[str, int] = {}
-ENV = "CKPT_FAILPOINT"
+_hits: dict[str, int] = {}  # per spec item
+_seen: dict[str, int] = {}  # per failpoint name reached while a spec is set
 
 
 def _parse(text: str) -> dict[str, tuple[str, int]]:
@@ -28,9 +67,15 @@ def _parse(text: str) -> dict[str, tuple[str, int]]:
     for item in filter(None, (p.strip() for p in text.split(","))):
         name, _, action = item.partition(":")
         action, _, nth = action.partition("@")
-        if action not in ("kill", "raise", "eio", "enospc"):
-            raise ValueError(f"{ENV}: unknown action {action!r} in {item!r} (kill, raise, eio, enospc)")
-        spec[name] = (action, int(nth or 1))
+        if action not in ACTIONS:
+            raise ValueError(f"{ENV}: unknown action {action!r} in {item!r} ({', '.join(ACTIONS)})")
+        try:
+            count = int(nth or 1)
+        except ValueError:
+            raise ValueError(f"{ENV}: {nth!r} in {item!r} is not a hit number (write NAME:ACTION@3)") from None
+        if not name or count < 1:
+            raise ValueError(f"{ENV}: {item!r} needs a name and a hit number >= 1, e.g. blob.write:kill@3")
+        spec[name] = (action, count)
     return spec
 
 
@@ -39,6 +84,12 @@ def configure(text: str | None) -> None:
     global _spec
     _spec = None if text is None else _parse(text)
     _hits.clear()
+    _seen.clear()
+
+
+def seen() -> dict[str, int]:
+    """How many times each failpoint was reached since `configure` (counted only while a spec is set)."""
+    return dict(_seen)
 
 
 def failpoint(name: str) -> None:
@@ -47,21 +98,26 @@ def failpoint(name: str) -> None:
         _spec = _parse(os.environ.get(ENV, ""))
     if not _spec:
         return
-    match = _spec.get(name)
-    if match is None:
-        for key, value in _spec.items():
-            if key.endswith("*") and name.startswith(key[:-1]):
-                match = value
+    _seen[name] = _seen.get(name, 0) + 1
+    key = name if name in _spec else None
+    if key is None:
+        for candidate in _spec:
+            if candidate.endswith("*") and name.startswith(candidate[:-1]):
+                key = candidate
                 break
         else:
             return
-    count = _hits.get(name, 0) + 1
-    _hits[name] = count
-    action, nth = match
-    if count != nth:
+    count = _hits.get(key, 0) + 1
+    _hits[key] = count
+    action, nth = _spec[key]
+    if count != nth or action == "trace":
         return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if action in ("kill", "stop"):
+        # To this thread, not the process: a signal sent to the process is taken by whichever thread the kernel
+        # picks (often one asleep in join()), and this thread could go on to commit before the group stops.
+        # Sent to itself, it is handled on the way out of the system call, before another line runs here.
+        signal.pthread_kill(threading.get_ident(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+        return  # after a stop, resumed by SIGCONT: carry on as if nothing happened
     if action == "raise":
         raise RuntimeError(f"failpoint {name} hit")
     code = errno.EIO if action == "eio" else errno.ENOSPC

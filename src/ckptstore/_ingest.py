@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._manifest import FileEntry, TensorEntry, file_digest
+from ._names import file_path_problem
 from ._objects import BlobRef, BlobWriter
 from ._safetensors import Layout, read_layout
 from .errors import IncompleteCheckpoint, InvalidCheckpoint, SourceNotFound
@@ -73,6 +74,14 @@ def check_folder(src: Path) -> list[tuple[str, Path]]:
     if not files:
         raise InvalidCheckpoint(f"Source {str(src)!r} is an empty folder.", path=str(src), hint="Nothing to store.")
     names = {rel for rel, _ in files}
+    for rel in sorted(names):
+        problem = file_path_problem(rel)
+        if problem:
+            raise InvalidCheckpoint(
+                f"Cannot store {rel!r} from {str(src)!r}: {problem}, so it could not be exported safely everywhere.",
+                path=str(src),
+                hint="Rename the file (no backslashes or control characters) or move it out of the folder.",
+            )
     weights = [rel for rel in names if _is_weight_file(rel) and "/" not in rel]
     if weights and not any(c in names for c in CONFIG_FILES):
         raise IncompleteCheckpoint(
@@ -108,7 +117,9 @@ def folder_sources(files: list[tuple[str, Path]]) -> Iterator[list[SourceFile]]:
         for rel, full in files:
             f = stack.enter_context(open(full, "rb"))
             size = os.fstat(f.fileno()).st_size
-            mm = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)) if size else None
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            if mm is not None:
+                stack.callback(_close_map, mm)
             view = memoryview(mm) if mm is not None else memoryview(b"")
             stack.callback(view.release)
             layout = None
@@ -119,6 +130,16 @@ def folder_sources(files: list[tuple[str, Path]]) -> Iterator[list[SourceFile]]:
             else:
                 sources.append(SourceFile(rel, size, _slicer(view, 0)))
         yield sources
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        # A save that failed part way still holds slices of the map in its traceback (the blob writer's frames).
+        # Raising here would replace the real error (EIO, ENOSPC) with this one; the map is unmapped with its
+        # last slice instead.
+        pass
 
 
 def _slicer(view: memoryview, base: int) -> Reader:

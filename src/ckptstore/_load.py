@@ -11,7 +11,7 @@ import torch
 from ._backend import copy_into
 from ._manifest import FileEntry, Manifest, TensorEntry
 from ._objects import BlobRef, ObjectStore, hash_bytes
-from ._safetensors import ST_TO_TORCH
+from ._safetensors import ST_TO_TORCH, torch_shape
 from .errors import CorruptObject, DestinationNotEmpty, IncompleteCheckpoint, InvalidArgument
 
 
@@ -32,7 +32,7 @@ def load_tensor(
     if dtype is None:
         raise InvalidArgument(f"Tensor {entry.name!r} has dtype {entry.dtype}, which this torch cannot load.")
     if entry.nbytes == 0:
-        return torch.empty(entry.shape, dtype=dtype)
+        return torch.empty(torch_shape(entry.dtype, entry.shape), dtype=dtype)
     try:
         if len(parts) == 1:
             blob = parts[0][0]
@@ -69,7 +69,7 @@ def load_tensor(
             exc.message = f"Checkpoint {ckpt!r} is damaged: tensor {entry.name!r} in {file}: {exc.message}"
             exc.args = (exc.message,)
         raise
-    return flat.view(dtype).reshape(entry.shape)
+    return flat.view(dtype).reshape(torch_shape(entry.dtype, entry.shape))  # packed fp4: half the last dim
 
 
 def weight_files(manifest: Manifest) -> list[FileEntry]:
@@ -98,6 +98,27 @@ def load_state_dict(
 
 def read_file_bytes(objects: ObjectStore, entry: FileEntry, *, verify: bool = True) -> bytes:
     return b"".join(objects.read(b.digest, verify=verify) for b in entry.blobs)
+
+
+def _export_blob(objects: ObjectStore, fd: int, blob: BlobRef, *, verify: bool, ckpt: str, file: str) -> None:
+    """Append one blob to `fd`. A missing or resized blob is caught even without `verify` (one stat), and every
+    kind of damage is reported naming the checkpoint and the file, as `ckpt verify` would."""
+    path = objects.path(blob.digest)
+    damaged = f"Checkpoint {ckpt!r} is damaged: blob {blob.digest[:12]} of {file}"
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise CorruptObject(f"{damaged} is missing.", digest=blob.digest, path=file) from None
+    if size != blob.size:
+        raise CorruptObject(f"{damaged} has {size} bytes, expected {blob.size}.", digest=blob.digest, path=file)
+    if not verify:
+        copy_into(fd, path, blob.size)
+        return
+    data = objects.read(blob.digest, verify=False)
+    _check(objects, blob, data, ckpt=ckpt, file=file)
+    view = memoryview(data)
+    while view:  # one write(2) moves at most 2 GiB - 4 KiB on Linux
+        view = view[os.write(fd, view) :]
 
 
 def check_destination(dest: Path) -> bool:
@@ -134,21 +155,7 @@ def export(
             written.append(target)
             try:
                 for blob in entry.blobs:
-                    if verify:
-                        data = objects.read(blob.digest, verify=False)
-                        _check(objects, blob, data, ckpt=manifest.name, file=entry.path)
-                        os.write(fd, data)
-                    else:
-                        path = objects.path(blob.digest)
-                        try:
-                            copy_into(fd, path, blob.size)
-                        except FileNotFoundError:
-                            raise CorruptObject(
-                                f"Checkpoint {manifest.name!r} is damaged: blob {blob.digest[:12]} of {entry.path}"
-                                " is missing.",
-                                digest=blob.digest,
-                                path=entry.path,
-                            ) from None
+                    _export_blob(objects, fd, blob, verify=verify, ckpt=manifest.name, file=entry.path)
                     if on_progress is not None:
                         on_progress(blob.size)
                 if os.fstat(fd).st_size != entry.size:

@@ -169,8 +169,51 @@ class Manifest:
             raw = json.loads(data)
         except ValueError as exc:
             raise CorruptObject(f"Manifest {str(expected_id)[:12]} is not valid JSON ({exc}).") from None
+        if not isinstance(raw, dict):
+            raise CorruptObject(f"Manifest {str(expected_id)[:12]} is JSON {type(raw).__name__}, not an object.")
         if raw.get("format") != MANIFEST_FORMAT:
             raise IncompatibleFormat(f"Manifest {str(expected_id)[:12]} has format {raw.get('format')!r}.")
+        try:
+            manifest = cls._from_raw(raw)
+            problem = manifest._problem()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            problem = f"{type(exc).__name__}: {str(exc)[:100]}"
+        if problem:
+            # A manifest's id proves only that its bytes are unchanged, not that a trusted process wrote them.
+            raise CorruptObject(f"Manifest {str(expected_id)[:12]} is malformed: {problem}.", digest=expected_id)
+        return manifest
+
+    def _problem(self) -> str | None:
+        """What makes this manifest unsafe to act on (export writes its paths, reads its digests as file names)."""
+        from ._names import check_name, file_path_problem, run_of
+        from ._objects import is_digest
+
+        check_name(self.name)
+        if self.run != run_of(self.name):
+            return f"its run {self.run!r} is not the first part of its name {self.name!r}"
+        seen: set[str] = set()
+        for f in self.files:
+            problem = file_path_problem(f.path)
+            if problem:
+                return f"file path {f.path!r} is unsafe: {problem}"
+            if f.path in seen:
+                return f"file {f.path!r} is listed twice"
+            seen.add(f.path)
+            if type(f.size) is not int or f.size < 0 or sum(b.size for b in f.blobs) != f.size:
+                return f"file {f.path!r} has size {f.size!r}, not the sum of its blobs"
+            bad = next((b.digest for b in f.blobs if not (isinstance(b.digest, str) and is_digest(b.digest))), None)
+            if bad is not None or any(type(b.size) is not int or b.size < 0 for b in f.blobs):
+                return f"file {f.path!r} lists a blob {str(bad)[:80]!r} that is not a digest and a size"
+        for path in seen:
+            parent = path.rpartition("/")[0]
+            while parent:
+                if parent in seen:
+                    return f"{parent!r} is both a file and the folder of {path!r}"
+                parent = parent.rpartition("/")[0]
+        return None
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> "Manifest":
         return cls(
             name=raw["name"],
             run=raw["run"],

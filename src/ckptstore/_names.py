@@ -56,6 +56,25 @@ def check_tag(tag: str, *, allow_reserved: bool = True) -> str:
     return tag
 
 
+def file_path_problem(path: object) -> str | None:
+    """Why `path` cannot name a file inside a checkpoint, or None when it can.
+
+    Looser than names (hub files have spaces, '+', '@'), but a path must stay inside the folder it is exported to
+    on every platform: relative, '/'-separated, no '.' or '..' segment, no backslash (a separator on Windows), no
+    drive letter, no control character (NUL truncates paths in C)."""
+    if not isinstance(path, str) or not path:
+        return "it is empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "it contains a control character"
+    if "\\" in path:
+        return "it contains a backslash"
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        return "it is absolute"
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        return "it has an empty, '.' or '..' segment"
+    return None
+
+
 def run_of(name: str) -> str:
     return name.split("/", 1)[0]
 

@@ -29,6 +29,18 @@ def hash_bytes(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
+def refuse_link(path: Path) -> None:
+    """Refuse to write into `path` when it is a symbolic link: a store unpacked from an untrusted archive could
+    otherwise send blobs, tags or temporary files anywhere on the machine."""
+    if os.path.islink(path):
+        raise CorruptObject(
+            f"{str(path)!r} inside the store is a symbolic link (to {os.readlink(path)!r}); ckptstore never writes"
+            " through links in a store.",
+            path=str(path),
+            hint="Replace the link with a real folder (move the files it points at into it), then try again.",
+        )
+
+
 def is_digest(text: str) -> bool:
     return len(text) == HEX_LEN and all(c in "0123456789abcdef" for c in text)
 
@@ -102,7 +114,7 @@ class ObjectStore:
         if not self.dir.is_dir():
             return
         for sub in sorted(os.scandir(self.dir), key=lambda e: e.name):
-            if not sub.is_dir() or len(sub.name) != 2:
+            if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2:  # gc never deletes through a link
                 continue
             for entry in os.scandir(sub.path):
                 digest = sub.name + entry.name
@@ -172,6 +184,7 @@ class BlobWriter:
             final = self.objects.path(digest)
             if final.parent not in parents:
                 final.parent.mkdir(parents=True, exist_ok=True)
+                refuse_link(final.parent)
                 parents.add(final.parent)
             os.replace(tmp, final)
         self._staged.clear()

@@ -44,6 +44,7 @@ __all__ = [
     "read_layout",
     "st_shape",
     "tensor_bytes",
+    "torch_shape",
 ]
 
 #: safetensors refuses headers longer than this (``MAX_HEADER_SIZE`` in its Rust crate; a length equal to it
@@ -492,6 +493,13 @@ def st_shape(t: torch.Tensor) -> tuple[int, ...]:
             raise ValueError("a 0-d float4_e2m1fn_x2 tensor cannot be stored in safetensors")
         return shape[:-1] + (shape[-1] * 2,)
     return shape
+
+
+def torch_shape(dtype: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a tensor safetensors records as `dtype` and `shape`: the inverse of :func:`st_shape`."""
+    if dtype == "F4":
+        return tuple(shape[:-1]) + (shape[-1] // 2,)
+    return tuple(shape)
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

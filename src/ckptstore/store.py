@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 import platform
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _load, _retention
+from . import _deletions, _load, _retention
 from ._backend import atomic_write_bytes, fsync_dir
 from ._catalog import Catalog
 from ._failpoints import failpoint
@@ -25,7 +27,7 @@ from ._ingest import SourceFile, bytes_source, check_folder, folder_sources, ing
 from ._locks import file_lock
 from ._manifest import FileEntry, Manifest, manifest_id
 from ._names import check_name, check_tag, run_of, split_tag_ref
-from ._objects import BlobWriter, ObjectStore, is_digest
+from ._objects import BlobWriter, ObjectStore, is_digest, refuse_link
 from ._refs import Refs
 from ._verify import Problem, VerifyReport, verify_manifests
 from ._diff import DiffReport
@@ -127,6 +129,7 @@ class Store:
         self.refs = Refs(root)
         self._catalog: Catalog | None = None
         self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
+        self._commit_owner: int | None = None  # the thread holding the commit lock through this Store
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -154,7 +157,8 @@ class Store:
                 return cls.init(root)
             raise StoreNotFound(str(root))
         config = StoreConfig.from_json_bytes(cfg_path.read_bytes(), path=str(cfg_path))
-        for sub in ("objects", "checkpoints", "refs/tags", "tmp", "locks", "policies"):
+        for sub in ("objects", "checkpoints", "refs", "refs/tags", "tmp", "locks", "policies"):
+            refuse_link(root / sub)
             (root / sub).mkdir(parents=True, exist_ok=True)
         return cls(root, config)
 
@@ -177,6 +181,9 @@ class Store:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = Catalog(self.root / "index.sqlite")
+            # No lock: readers must not wait for a writer (one stopped in its commit would block them all). A sync
+            # that races a delete may re-index a manifest about to go; the next sync finds that delete in the
+            # deletion log and drops the row, so the race cannot make a checkpoint look lost.
             self._sync_index()
         return self._catalog
 
@@ -202,7 +209,11 @@ class Store:
         missing = disk - indexed - set(self.damaged_manifests)
         extra = indexed - disk
         if extra:
-            cat.remove_many(extra)
+            # Gone from disk: deleted by the store (an index that missed the delete: stale, or restored), or lost
+            # behind its back, which verify must report, so its name is kept (see _deletions).
+            deleted = extra & _deletions.recorded(self.root / "checkpoints")
+            cat.remove_many(deleted)
+            cat.remove_many(extra - deleted, lost=True)
         if missing:
             found = []
             for cid in sorted(missing):
@@ -235,8 +246,20 @@ class Store:
         with file_lock(self.root / "locks" / "objects", shared=True, what="objects"):
             yield
 
-    def _commit_lock(self):
-        return file_lock(self.root / "locks" / "commit", what="commit")
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        # Re-entrant for the thread that holds it (code that holds it calls helpers that take it too); another
+        # thread of this process waits on its own descriptor like any other process.
+        me = threading.get_ident()
+        if self._commit_owner == me:
+            yield
+            return
+        with file_lock(self.root / "locks" / "commit", what="commit"):
+            self._commit_owner = me
+            try:
+                yield
+            finally:
+                self._commit_owner = None
 
     # -- references -------------------------------------------------------------------------------------------------
     def _read_manifest(self, cid: str) -> Manifest:
@@ -459,11 +482,35 @@ class Store:
                 raise NameExists(manifest.name)
             failpoint("manifest.write")
             atomic_write_bytes(self._manifest_path(cid), data, self.root / "tmp", failpoint_name="manifest")
-            for tag in tags:
-                self.refs.set(manifest.run, tag, cid)
-            self.catalog.add_many([(cid, manifest)])
-            self._sync_index()
+            previous: dict[str, str | None] = {}
+            try:
+                for tag in tags:
+                    previous[tag] = self.refs.get(manifest.run, tag)
+                    self.refs.set(manifest.run, tag, cid)
+                self.catalog.add_many([(cid, manifest)])
+                self._sync_index()
+            except BaseException:
+                # A save that raises must leave nothing behind: its caller retries under the same name (and would
+                # meet NameExists) and believes its tags did not move.
+                self._undo_commit(cid, manifest.run, previous)
+                raise
         return cid
+
+    def _undo_commit(self, cid: str, run: str, previous: Mapping[str, str | None]) -> None:
+        """Take back a manifest whose tags or index row could not be written, in delete's order (tags, index row,
+        manifest). Best effort on a failing disk: each step only if the one before it worked, so what is left
+        is at worst a whole checkpoint, never a tag pointing at nothing or an index row without its manifest."""
+        try:
+            for tag, old in previous.items():
+                if old is None:
+                    self.refs.remove(run, tag)
+                else:
+                    self.refs.set(run, tag, old)
+            self.catalog.remove_many([cid])
+            self._manifest_path(cid).unlink(missing_ok=True)
+            fsync_dir(self.root / "checkpoints")
+        except Exception:  # noqa: BLE001 - the caller re-raises the error that made the save fail
+            pass
 
     # -- load and export -----------------------------------------------------------------------------------------
     def load_state_dict(self, ref: str, *, verify: bool = False) -> dict[str, Any]:
@@ -599,16 +646,20 @@ class Store:
 
     def _remove_locked(self, ids: list[str]) -> None:
         """Remove the manifests and tags of `ids`. The caller holds the commit lock (prune plans under it too)."""
-        for cid in ids:
-            failpoint("delete.manifest")
-            self._manifest_path(cid).unlink(missing_ok=True)
-        fsync_dir(self.root / "checkpoints")
-        # Manifests first: once they are gone the checkpoints are; a crash here leaves dangling tags, which
-        # resolve to nothing and are dropped by the next index sync or fsck.
+        # The deletion log, tags, index rows, then manifests. A crash part way leaves a checkpoint that is still
+        # whole (maybe without its tags, or re-indexed from its manifest by the next sync), which a second delete
+        # finishes. The other orders leave a tag pointing at nothing, or an index row without its manifest, which
+        # is exactly what verify reports as damage.
+        names = {c.id: c.name for c in self.catalog.infos(ids=ids)}
+        _deletions.record(self.root / "checkpoints", [(cid, names.get(cid, "?")) for cid in ids])
         for (run, tag), cid in self.refs.all().items():
             if cid in set(ids):
                 self.refs.remove(run, tag)
         self.catalog.remove_many(ids)
+        for cid in ids:
+            failpoint("delete.manifest")
+            self._manifest_path(cid).unlink(missing_ok=True)
+        fsync_dir(self.root / "checkpoints")
         self._sync_index()
 
     def _reclaimable(self, ids: list[str]) -> int:
@@ -628,6 +679,15 @@ class Store:
         gate = file_lock(self.root / "locks" / "gate", timeout=timeout, what="gc gate")
         objects_lock = file_lock(self.root / "locks" / "objects", shared=dry_run, timeout=timeout, what="objects")
         with gate, objects_lock:
+            self._sync_index()
+            lost = self.catalog.lost()
+            if lost and not dry_run:
+                names = ", ".join(repr(n) for n in list(lost.values())[:3])
+                raise CorruptObject(
+                    f"{len(lost)} checkpoint(s) lost their manifest ({names}); gc stops so as not to delete their"
+                    " blobs.",
+                    hint="Restore the manifests from a backup, or run 'ckpt fsck --reindex' to accept the loss.",
+                )
             # No save is in flight now (each holds the objects lock shared), so every unreferenced blob and every
             # temporary file is garbage.
             referenced: set[str] = set()
@@ -646,9 +706,11 @@ class Store:
             plan = GcPlan(garbage, tmp, len(referenced))
             if dry_run:
                 return plan
+            failpoint("gc.plan")
             for digest, _ in garbage:
                 self.objects.delete(digest)
             for p in tmp:
+                failpoint("gc.tmp")
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
@@ -663,18 +725,26 @@ class Store:
         report = verify_manifests(
             self.objects, ((cid, lambda cid=cid: self._read_manifest(cid)) for cid in ids), deep=deep, on_blob=on_blob
         )
+        # A manifest that cannot be read has no name in it; the index remembers the name it had.
+        names = {c.id: c.name for c in self.catalog.infos(ids=[p.checkpoint_id for p in report.problems])}
+        problems = [
+            dataclasses.replace(p, detail=f"checkpoint {names[p.checkpoint_id]!r}: {p.detail}")
+            if p.kind == "corrupt manifest" and p.checkpoint_id in names else p
+            for p in report.problems
+        ]
         if ref is None:
             disk = self._manifest_ids_on_disk()
-            dangling = [
+            problems += [
+                Problem("missing manifest", name, cid, detail=f"checkpoints/{cid}.json is gone but no delete removed"
+                        " it; restore it from a backup, or run 'ckpt fsck --reindex' to accept the loss")
+                for cid, name in self.catalog.lost().items()
+            ]
+            problems += [
                 Problem("dangling tag", f"{r}:{t}", cid, detail=f"points at missing checkpoint {cid[:12]}")
                 for (r, t), cid in sorted(self.refs.all().items())
                 if cid not in disk
             ]
-            if dangling:
-                report = VerifyReport(
-                    report.checkpoints, report.blobs, report.bytes_checked, report.deep, report.problems + tuple(dangling)
-                )
-        return report
+        return VerifyReport(report.checkpoints, report.blobs, report.bytes_checked, report.deep, tuple(problems))
 
     def fsck(self, *, reindex: bool = False) -> VerifyReport:
         """Structural check (no re-hashing); with `reindex`, rebuild the index first."""
