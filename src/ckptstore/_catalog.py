@@ -16,6 +16,7 @@ from pathlib import Path
 from ._failpoints import failpoint
 from ._info import CheckpointInfo
 from ._manifest import Manifest
+from .errors import StoreLocked
 
 SCHEMA_VERSION = 1
 
@@ -68,7 +69,10 @@ class Catalog:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("index damaged")
             return db
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                # Busy is not damage: another process is writing. Deleting the files under it would lose its work.
+                raise StoreLocked(f"The index {self.path} stayed locked by another process for 60s.") from None
             # A cache that cannot be read is thrown away and rebuilt from the manifests.
             try:
                 db.close()  # type: ignore[possibly-undefined]

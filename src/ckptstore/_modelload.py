@@ -63,11 +63,21 @@ def concrete_class(cls: Any, config: Any) -> Any:
         ) from None
 
 
-def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
-    from transformers import AutoModel
+def default_class(manifest) -> Any:
+    """The class the checkpoint was saved from (config 'architectures'), as a user of store.load(ref) expects;
+    AutoModel when transformers does not have it."""
+    import transformers
 
-    cls = cls or AutoModel
+    for arch in manifest.model.get("architectures") or ():
+        found = getattr(transformers, arch, None)
+        if found is not None:
+            return found
+    return transformers.AutoModel
+
+
+def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
     manifest = store.manifest(ref)
+    cls = cls or default_class(manifest)
     weights = _load.weight_files(manifest)
     if materialize is None:
         materialize = not weights or any(k in kwargs for k in _FOLDER_ONLY) or "config" in kwargs

@@ -231,11 +231,12 @@ class Store:
 
     def reindex(self) -> int:
         """Throw the index away and rebuild it from manifests and refs. Returns the number of checkpoints."""
-        self.close()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(self.root / "index.sqlite") + suffix).unlink(missing_ok=True)
-        self.damaged_manifests.clear()
-        return len(self.catalog.ids())
+        with self._commit_lock():  # no other ckpt process is writing the index meanwhile
+            self.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self.root / "index.sqlite") + suffix).unlink(missing_ok=True)
+            self.damaged_manifests.clear()
+            return len(self.catalog.ids())
 
     # -- locks ----------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -811,7 +812,9 @@ def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise InvalidArgument(f"Metric {key}={value!r} is not a number.") from None
+            raise InvalidArgument(
+                f"Metric {key}={value!r} is not a number.", hint="Metrics are numbers; put other values in metadata."
+            ) from None
         if number != number or number in (float("inf"), float("-inf")):
             raise InvalidArgument(f"Metric {key}={value!r} is not finite.", hint="Store NaN/inf metrics as metadata.")
         out[key] = number

@@ -20,7 +20,7 @@ from ..store import Store
 # Data goes to stdout; messages, progress and errors to stderr, so `ckpt ls --json | jq` always works.
 # Piped output is not cut to 80 columns: tables stay one row per line for grep and awk.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 400)
 
 STORE_HELP = "Store folder (default: $CKPT_STORE, else ./.ckpt)."
 
