@@ -10,7 +10,7 @@ import torch
 
 from ckptstore import Store
 from ckptstore import _leases
-from ckptstore.errors import CheckpointNotFound, InvalidName, PolicyError
+from ckptstore.errors import CheckpointNotFound, InvalidName, PolicyError, RetentionWarning
 from ckptstore.policies import RetentionPolicy
 
 
@@ -69,8 +69,10 @@ def test_damaged_or_foreign_settings_are_reported(store):
     with pytest.raises(PolicyError, match="not valid JSON"):
         store.get_policy("r")
     path.write_text(json.dumps({"format": 1, "policy": {"keep_last": 2, "keep_oldest": 1}, "best": None}))
-    with pytest.raises(PolicyError, match="keep_oldest"):
-        put(store, "r", 2)  # the save is committed, but the policy it cannot read is not silently skipped
+    # The save is committed and says so; the policy it cannot read is reported, not silently skipped, and not
+    # reported as a failed save either (a Trainer run must not die over a damaged policy file).
+    with pytest.warns(RetentionWarning, match="keep_oldest"):
+        put(store, "r", 2)
     assert "r/step-2" in names(store, "r")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,10 @@ def tensors_source(path: str, tensors: dict[str, torch.Tensor], metadata: dict[s
 
 
 def capture_model(model: Any, tokenizer: Any = None, *, max_shard_size: int | str = "50GB") -> list[SourceFile]:
-    from transformers import PreTrainedModel
-
-    if not isinstance(model, PreTrainedModel):
+    # A model can only be a PreTrainedModel if transformers is imported already; not importing it for a plain
+    # torch module keeps a training loop that never uses transformers from paying its import (seconds).
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
         if isinstance(model, torch.nn.Module):
             # A plain PyTorch module: its state dict as model.safetensors; shared tensors are stored once anyway
             # (same bytes, same blob), so there is nothing to untie.

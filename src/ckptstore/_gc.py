@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,34 @@ class GcPlan:
         }
 
 
-def stale_tmp_files(tmp_dir: Path, *, older_than: float) -> list[Path]:
+def _writer_alive(name: str) -> bool:
+    """Temporary names start with the writer's pid (see make_tmp_path). A reused pid only makes gc keep a file."""
+    pid = name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_tmp_files(tmp_dir: Path, *, grace: float) -> list[Path]:
+    """What gc may delete in tmp/. Blob files (`*.blob`) are written only under the objects lock, which gc holds
+    exclusively, so all of them are leftovers of interrupted saves. Anything else (a tag or policy being written,
+    a folder materialized for a load) may belong to a command running now: it goes when the process that wrote
+    it is gone, or after `grace` seconds."""
     if not tmp_dir.is_dir():
         return []
     now = time.time()
     out = []
     for p in tmp_dir.iterdir():
         try:
-            if p.is_file() and now - p.stat().st_mtime >= older_than:
+            if p.name.endswith(".blob") and p.is_file():
+                out.append(p)
+            elif not _writer_alive(p.name) or now - p.lstat().st_mtime >= grace:
                 out.append(p)
         except FileNotFoundError:
             pass

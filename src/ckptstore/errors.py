@@ -30,6 +30,7 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     └── ValidationFailed                    a checkpoint failed `validate`
 
     CompatibilityWarning (UserWarning)      a checkpoint saved by a newer transformers than the one installed
+    RetentionWarning (UserWarning)          a save succeeded but applying the run's policy afterwards failed
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "OutOfMemory",
     "PolicyError",
     "ReferenceError_",
+    "RetentionWarning",
     "ShapeMismatch",
     "SourceNotFound",
     "StoreLocked",
@@ -224,6 +226,10 @@ class ValidationFailed(CkptError):
     def __init__(self, message: str, *, report: object = None, hint: str | None = None) -> None:
         self.report = report
         super().__init__(message, hint=hint)
+
+
+class RetentionWarning(UserWarning):
+    """A checkpoint was saved, but applying its run's retention policy afterwards failed."""
 
 
 class CompatibilityWarning(UserWarning):

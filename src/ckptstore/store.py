@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import os
 import platform
 import re
@@ -12,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +42,15 @@ from .errors import (
     CorruptObject,
     InvalidArgument,
     NameExists,
+    RetentionWarning,
     StoreNotFound,
 )
 
 _STEP_RE = re.compile(r"(?:^|[-_])(?:step|checkpoint|ckpt|iter)[-_]?(\d+)$")
 MIN_ID_PREFIX = 4
+# Temporary files not written under the objects lock (tag and policy writes, folders materialized for a load) may
+# belong to a command running now; gc leaves them this long.
+TMP_GRACE_SECONDS = 3600.0
 
 
 def step_from_name(name: str) -> int | None:
@@ -53,6 +59,7 @@ def step_from_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+@functools.lru_cache(maxsize=1)  # importlib.metadata costs ~40 ms a call; versions do not change mid-process
 def _environment() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -379,7 +386,15 @@ class Store:
         info = self.info(cid)
         # Committed: apply the run's policy and move its latest/best tags. A newer save from another process may
         # have pruned this one already, so return what is stored now, or else what was committed.
-        _retention.after_save(self, info.run)
+        try:
+            _retention.after_save(self, info.run)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint is stored; say so rather than report a failed save
+            warnings.warn(
+                f"Saved {info.name!r}, but applying the run's retention policy failed ({exc});"
+                f" run 'ckpt prune {info.run}' to apply it.",
+                RetentionWarning,
+                stacklevel=2,
+            )
         now = self.catalog.infos(ids=[cid])
         return now[0] if now else info
 
@@ -436,7 +451,7 @@ class Store:
                 metadata=dict(metadata or {}),
                 message=message,
                 model=_model_facts(entries, read_small),
-                environment=_environment(),
+                environment=dict(_environment()),
             )
             return self._commit_manifest(manifest, tags), writer.bytes_written
 
@@ -554,7 +569,7 @@ class Store:
         """A temporary folder holding the checkpoint (or the files `only` accepts), removed afterwards."""
         manifest = self.manifest(ref)
         files = [f for f in manifest.files if only is None or only(f.path)]
-        tmp = Path(tempfile.mkdtemp(prefix="ckpt-load-", dir=self.root / "tmp"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-ckpt-load-", dir=self.root / "tmp"))
         try:
             _load.export(self.objects, manifest, tmp, files=files)
             yield tmp
@@ -703,7 +718,7 @@ class Store:
                     ) from None
                 referenced.update(manifest.blob_refs())
             garbage = tuple((d, s) for d, s, _ in self.objects.iter_all() if d not in referenced)
-            tmp = tuple(stale_tmp_files(self.root / "tmp", older_than=0 if not dry_run else 0))
+            tmp = tuple(stale_tmp_files(self.root / "tmp", grace=TMP_GRACE_SECONDS))
             plan = GcPlan(garbage, tmp, len(referenced))
             if dry_run:
                 return plan

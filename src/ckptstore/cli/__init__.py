@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
@@ -74,9 +75,15 @@ def _register() -> None:
 _register()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not debug:
+        warnings.showwarning = _one_line_warning
     try:
         cli.main(args=args, prog_name="ckpt", standalone_mode=False)
     except click.exceptions.Abort:
