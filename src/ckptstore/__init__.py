@@ -4,13 +4,17 @@ Every checkpoint saved once, deduplicated by content, verifiable, named and tagg
 back to a plain folder that ``from_pretrained`` loads.
 """
 
-from ._info import CheckpointInfo, DiskUsage, RunUsage
-from ._verify import Problem, VerifyReport
+from ._diff import DiffReport
 from ._gc import GcPlan
+from ._info import CheckpointInfo, DiskUsage, RunUsage
+from ._manager import CheckpointManager
+from ._validate import ValidationReport
+from ._verify import Problem, VerifyReport
 from .errors import (
     AmbiguousReference,
     CheckpointNotFound,
     CkptError,
+    CompatibilityWarning,
     CorruptObject,
     DestinationNotEmpty,
     IncompatibleFormat,
@@ -20,7 +24,10 @@ from .errors import (
     InvalidName,
     InvalidSafetensors,
     NameExists,
+    OutOfMemory,
     PolicyError,
+    RetentionWarning,
+    ShapeMismatch,
     SourceNotFound,
     StoreLocked,
     StoreNotFound,
@@ -28,8 +35,8 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
+from .policies import RetentionPolicy
 from .store import DeletePlan, Store
-from ._manager import CheckpointManager
 
 __version__ = "0.1.0"
 
@@ -39,9 +46,11 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFound",
     "CkptError",
+    "CompatibilityWarning",
     "CorruptObject",
     "DeletePlan",
     "DestinationNotEmpty",
+    "DiffReport",
     "DiskUsage",
     "GcPlan",
     "IncompatibleFormat",
@@ -51,9 +60,13 @@ __all__ = [
     "InvalidName",
     "InvalidSafetensors",
     "NameExists",
+    "OutOfMemory",
     "PolicyError",
     "Problem",
+    "RetentionPolicy",
+    "RetentionWarning",
     "RunUsage",
+    "ShapeMismatch",
     "SourceNotFound",
     "Store",
     "StoreLocked",
@@ -61,6 +74,7 @@ __all__ = [
     "UnsafePickle",
     "UsageError",
     "ValidationFailed",
+    "ValidationReport",
     "VerifyReport",
     "__version__",
 ]
