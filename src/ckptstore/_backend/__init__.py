@@ -6,7 +6,18 @@ from .local import (
     fsync_dir,
     fsync_path,
     make_tmp_path,
+    map_concat,
+    start_writeback,
     sync_filesystem,
 )
 
-__all__ = ["atomic_write_bytes", "copy_into", "fsync_dir", "fsync_path", "make_tmp_path", "sync_filesystem"]
+__all__ = [
+    "atomic_write_bytes",
+    "copy_into",
+    "fsync_dir",
+    "fsync_path",
+    "make_tmp_path",
+    "map_concat",
+    "start_writeback",
+    "sync_filesystem",
+]
