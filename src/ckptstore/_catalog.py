@@ -212,6 +212,24 @@ class Catalog:
         ).fetchall()
         return {r: int(s) for r, s in rows}
 
+    def exclusive_bytes(self, ids: Iterable[str]) -> int:
+        """Bytes of the distinct blobs that `ids` reference and no other checkpoint does (what gc frees after
+        deleting them). One query, not one per blob."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        row = self.db.execute(
+            f"""
+            SELECT coalesce(sum(size), 0) FROM (
+                SELECT digest, min(size) AS size FROM blob_refs GROUP BY digest
+                HAVING sum(checkpoint IN ({marks})) > 0 AND sum(checkpoint NOT IN ({marks})) = 0
+            )
+            """,
+            ids + ids,
+        ).fetchone()
+        return int(row[0])
+
     def blob_refcount(self, digests: Iterable[str]) -> dict[str, int]:
         out = {}
         for d in digests:

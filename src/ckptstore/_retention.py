@@ -178,7 +178,7 @@ def prune(
         _leases.sync_locked(store)
         plan = policy.plan(store.list(run), protected_ids=_leases.in_use(store))
         ids = [d.checkpoint.id for d in plan.remove]
-        reclaimable = store._reclaimable(ids) if ids else 0
+        reclaimable = store.catalog.exclusive_bytes(ids)
         if not dry_run:
             if ids:
                 store._remove_locked(ids)

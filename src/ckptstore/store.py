@@ -653,7 +653,7 @@ class Store:
     def _delete_ids(self, ids: list[str], *, dry_run: bool) -> DeletePlan:
         infos = tuple(self.catalog.infos(ids=ids))
         tags = tuple(f"{r}:{t}" for (r, t), i in sorted(self.catalog.tags().items()) if i in set(ids))
-        plan = DeletePlan(infos, tags, self._reclaimable(ids))
+        plan = DeletePlan(infos, tags, self.catalog.exclusive_bytes(ids))
         if dry_run or not ids:
             return plan
         with self._commit_lock():
@@ -677,17 +677,6 @@ class Store:
             self._manifest_path(cid).unlink(missing_ok=True)
         fsync_dir(self.root / "checkpoints")
         self._sync_index()
-
-    def _reclaimable(self, ids: list[str]) -> int:
-        wanted = set(ids)
-        db = self.catalog.db
-        total = 0
-        for cid in wanted:
-            for digest, size in db.execute("SELECT digest, size FROM blob_refs WHERE checkpoint = ?", (cid,)):
-                owners = {r[0] for r in db.execute("SELECT checkpoint FROM blob_refs WHERE digest = ?", (digest,))}
-                if owners <= wanted and min(owners) == cid:
-                    total += size
-        return total
 
     # -- gc ---------------------------------------------------------------------------------------------------
     def gc(self, *, dry_run: bool = False, timeout: float = 60.0) -> GcPlan:
