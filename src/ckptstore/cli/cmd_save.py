@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from .._ingest import check_folder, folder_sources
+from .._ingest import check_folder, folder_sources, walk_folder
 from .._names import check_name, check_tag
 from ..errors import InvalidArgument, StoreNotFound
 from ._app import command, err, fmt_bytes, json_option, open_store, print_json, progress_bar
@@ -52,8 +53,6 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
       ckpt save ./final bert-sst2/final --parent bert-sst2/step-500 -m "after LR sweep"
     Exit codes: 0 ok, 1 failure, 2 usage error (bad name, missing SRC).
     """
-    from pathlib import Path
-
     metrics, meta = _pairs(metrics, "metric", numeric=True), _pairs(meta, "meta", numeric=False)
     try:
         store = open_store(store_path)
@@ -67,14 +66,15 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
             pass
         store = open_store(store_path, create=True)
 
-    total = sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file()) if Path(src).is_dir() else 0
-    before = store.du().stored_bytes
+    # The files the save will read (same walk as the store's), for the progress bar's total.
+    total = sum(p.stat().st_size for _, p in walk_folder(Path(src))) if Path(src).is_dir() else 0
+    before = store.catalog.stored_bytes()[0]
     with progress_bar(f"saving {name}", total) as advance:
         info = store.save(
             src, name, tags=tags, metrics=metrics, metadata=meta, parent=parent, step=step, message=message,
             on_progress=advance,
         )
-    added = store.du().stored_bytes - before
+    added = store.catalog.stored_bytes()[0] - before
     if as_json:
         print_json({**info.to_json(), "new_bytes": added})
         return
