@@ -23,7 +23,7 @@ _FOLDER_ONLY = ("trust_remote_code", "gguf_file", "variant", "subfolder", "use_s
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
     "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "preprocessor_config.json",
-    "processor_config.json", "chat_template.jinja", "chat_template.json", "config.json",
+    "processor_config.json", "chat_template.jinja", "chat_template.json",
 )
 
 
@@ -123,7 +123,7 @@ def load_tokenizer(store: "Store", ref: str, cls: Any = None, **kwargs: Any):
     cls = cls or AutoTokenizer
     manifest = store.manifest(ref)
     names = {f.path for f in manifest.files}
-    if not any(n in names for n in TOKENIZER_FILES if n != "config.json"):
+    if not any(n in names for n in TOKENIZER_FILES):
         raise IncompleteCheckpoint(
             f"Checkpoint {manifest.name!r} has no tokenizer files.",
             hint="Save the tokenizer with the model: store.save(model, name, tokenizer=tok).",
