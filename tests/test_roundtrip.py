@@ -74,6 +74,23 @@ def test_folder_with_empty_file_and_subfolders_round_trips(store, tiny_bert_dir,
     assert tree_sha256(store.export("bert/odd-files", tmp_path / "out")) == original
 
 
+def test_export_of_more_files_than_it_keeps_open_round_trips(store, tiny_bert, tmp_path, tree_sha256):
+    """Export fills files from a pool of threads and keeps a bounded number open: a checkpoint with many more
+    files than that (shards and notes) still comes out byte-exact, with and without re-hashing every blob."""
+    from ckptstore import _load
+
+    src = tmp_path / "many"
+    tiny_bert(vocab_size=300).save_pretrained(src, max_shard_size="20KB")
+    for i in range(_load._OPEN_FILES + 8):
+        (src / "notes" / f"{i:03d}.txt").parent.mkdir(exist_ok=True)
+        (src / "notes" / f"{i:03d}.txt").write_bytes(f"note {i}\n".encode() * (i + 1))
+    original = tree_sha256(src)
+    assert len(original) > _load._OPEN_FILES + 8
+    store.save(src, "bert/many-files")
+    assert tree_sha256(store.export("bert/many-files", tmp_path / "out")) == original
+    assert tree_sha256(store.export("bert/many-files", tmp_path / "checked", verify=True)) == original
+
+
 def test_small_chunks_split_tensors_and_still_round_trip(tmp_path, tiny_bert, tree_sha256):
     from ckptstore import Store
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from ._backend import copy_into
+from ._backend import copy_into, write_at
 from ._manifest import FileEntry, Manifest, TensorEntry
 from ._objects import BlobRef, ObjectStore, hash_bytes
 from ._safetensors import ST_TO_TORCH, torch_shape
@@ -132,9 +133,11 @@ def read_file_bytes(objects: ObjectStore, entry: FileEntry, *, verify: bool = Tr
     return b"".join(objects.read(b.digest, verify=verify) for b in entry.blobs)
 
 
-def _export_blob(objects: ObjectStore, fd: int, blob: BlobRef, *, verify: bool, ckpt: str, file: str) -> None:
-    """Append one blob to `fd`. A missing or resized blob is caught even without `verify` (one stat), and every
-    kind of damage is reported naming the checkpoint and the file, as `ckpt verify` would."""
+def _export_blob(
+    objects: ObjectStore, fd: int, blob: BlobRef, offset: int, *, verify: bool, ckpt: str, file: str
+) -> None:
+    """Write one blob at `offset` of `fd`. A missing or resized blob is caught even without `verify` (one stat),
+    and every kind of damage is reported naming the checkpoint and the file, as `ckpt verify` would."""
     path = objects.path(blob.digest)
     damaged = f"Checkpoint {ckpt!r} is damaged: blob {blob.digest[:12]} of {file}"
     try:
@@ -144,13 +147,11 @@ def _export_blob(objects: ObjectStore, fd: int, blob: BlobRef, *, verify: bool, 
     if size != blob.size:
         raise CorruptObject(f"{damaged} has {size} bytes, expected {blob.size}.", digest=blob.digest, path=file)
     if not verify:
-        copy_into(fd, path, blob.size)
+        copy_into(fd, path, blob.size, offset)
         return
     data = objects.read(blob.digest, verify=False)
     _check(objects, blob, data, ckpt=ckpt, file=file)
-    view = memoryview(data)
-    while view:  # one write(2) moves at most 2 GiB - 4 KiB on Linux
-        view = view[os.write(fd, view) :]
+    write_at(fd, data, offset)
 
 
 def check_destination(dest: Path) -> bool:
@@ -162,6 +163,9 @@ def check_destination(dest: Path) -> bool:
             raise DestinationNotEmpty(str(dest))
         return True
     return False
+
+
+_OPEN_FILES = 32
 
 
 def export(
@@ -177,32 +181,58 @@ def export(
     existed = check_destination(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    open_files: list[tuple[int, list[tuple[Future[None], int]]]] = []  # (fd, its blob jobs) in file order
+
+    def finish_oldest() -> None:
+        fd, jobs = open_files[0]
+        for job, size in jobs:
+            job.result()
+            if on_progress is not None:
+                on_progress(size)
+        open_files.pop(0)
+        os.close(fd)
+
+    # Every blob goes to its offset in its file from a pool of threads: copying from the page cache is CPU work,
+    # and one thread leaves a core idle. BERT-base (438 MB, 2 cores): 2 threads 0.145 s, 1 thread 0.190 s,
+    # against 0.172 s for cp -r; 3 threads 0.154 s.
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ckpt-export")
     try:
         for entry in files if files is not None else manifest.files:
             target = dest / entry.path
             if not target.resolve().is_relative_to(dest.resolve()):
                 raise CorruptObject(f"Manifest of {manifest.name!r} has an unsafe path {entry.path!r}.")
+            if sum(blob.size for blob in entry.blobs) != entry.size:
+                raise CorruptObject(
+                    f"Checkpoint {manifest.name!r} is damaged: the blobs of {entry.path} do not add up to its"
+                    f" {entry.size} bytes.",
+                    path=entry.path,
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            jobs: list[tuple[Future[None], int]] = []
+            open_files.append((fd, jobs))
             written.append(target)
-            try:
-                for blob in entry.blobs:
-                    _export_blob(objects, fd, blob, verify=verify, ckpt=manifest.name, file=entry.path)
-                    if on_progress is not None:
-                        on_progress(blob.size)
-                if os.fstat(fd).st_size != entry.size:
-                    raise CorruptObject(
-                        f"Checkpoint {manifest.name!r} is damaged: {entry.path} came out at {os.fstat(fd).st_size}"
-                        f" bytes, expected {entry.size}.",
-                        path=entry.path,
-                    )
-            finally:
-                os.close(fd)
+            offset = 0
+            for blob in entry.blobs:
+                job = pool.submit(
+                    _export_blob, objects, fd, blob, offset, verify=verify, ckpt=manifest.name, file=entry.path
+                )
+                jobs.append((job, blob.size))
+                offset += blob.size
+            if len(open_files) > _OPEN_FILES:  # a checkpoint of thousands of files stays within the fd limit
+                finish_oldest()
+        while open_files:
+            finish_oldest()
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fd, _ in open_files:
+            os.close(fd)
         if existed:
             for child in dest.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         else:
             shutil.rmtree(dest, ignore_errors=True)
         raise
+    finally:
+        pool.shutdown(wait=True)
     return written

@@ -9,6 +9,7 @@ from .local import (
     map_concat,
     start_writeback,
     sync_filesystem,
+    write_at,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "map_concat",
     "start_writeback",
     "sync_filesystem",
+    "write_at",
 ]

@@ -160,13 +160,21 @@ _COPY_BLOCK = 1 << 20
 _copy_buffers = threading.local()
 
 
-def copy_into(dst_fd: int, src_path: Path, length: int) -> None:
-    """Append `length` bytes of `src_path` to `dst_fd`.
+def write_at(dst_fd: int, data, offset: int) -> None:
+    """Write all of `data` at `offset` of `dst_fd` (pwrite: several threads can fill one file side by side)."""
+    view = memoryview(data)
+    while view:  # one write moves at most 2 GiB - 4 KiB on Linux
+        n = os.pwrite(dst_fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def copy_into(dst_fd: int, src_path: Path, length: int, offset: int) -> None:
+    """Copy the first `length` bytes of `src_path` to `offset` of `dst_fd`.
 
     Through a reused 1 MiB buffer, not copy_file_range: in a safetensors file the tensors sit at offsets that are
     not page-aligned (the header has any length), and the kernel's in-file copy then writes every page as two
     partial pages. On BERT-base that made an export 1.45x slower than `cp -r`; read/write pairs through a buffer
-    that stays in the CPU cache match `cp -r`.
+    that stays in the CPU cache match `cp -r`, and two threads filling one file side by side beat it.
     """
     buf = getattr(_copy_buffers, "buf", None)
     if buf is None:
@@ -177,7 +185,5 @@ def copy_into(dst_fd: int, src_path: Path, length: int) -> None:
             n = src.readinto(buf[: min(length - done, _COPY_BLOCK)])
             if not n:
                 raise OSError(f"{src_path} is shorter than expected ({done} of {length} bytes)")
-            view = buf[:n]
-            while view:
-                view = view[os.write(dst_fd, view) :]
+            write_at(dst_fd, buf[:n], offset + done)
             done += n
