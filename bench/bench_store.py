@@ -13,7 +13,7 @@ weights built here, no network), each figure the median of N runs:
 Both sides run in this process, so import time is not counted; an untimed warm-up round pays for lazy imports
 and first-call costs first, and checks that both sides load the same weights and export the same bytes. Before
 every timed operation, what the previous one wrote is deleted, dirty pages are flushed (os.sync) and the script
-waits for idle CPUs (see Quiet), so that neither side pays for the other's writes or for someone else's work.
+waits for idle CPUs and an idle disk (see Quiet), so that neither side pays for the other's writes or for someone else's work.
 Cold reads are not measured (dropping the page cache needs root): every load reads files that were just written,
 and the output says so. Scratch folders live in --tmp-dir (default: bench-tmp beside the repository, on the
 filesystem the store would use) and are removed at the end.
@@ -67,41 +67,56 @@ def folder_bytes(folder: Path) -> int:
 
 
 class Quiet:
-    """Waits, before each timed operation, until the CPUs have been idle for a moment (from /proc/stat).
+    """Waits, before each timed operation, until the CPUs and the disk have been idle for a moment.
 
     On a machine shared with other work (CI, other test suites) a single burst of someone else's CPU or disk use
-    can double one figure; waiting for a quiet moment keeps the medians about this code. Ops that found no quiet
-    moment within the timeout still run, and are counted in the report.
+    can double one figure; so can the disk still busy with the previous round's deletes (a filesystem mounted with
+    `discard` trims freed blocks after the delete returns). Waiting for a quiet moment keeps the medians about this
+    code. CPU idleness comes from /proc/stat, disk idleness from the time the disk spent on I/O
+    (/sys/class/block/DEV/stat). Ops that found no quiet moment within the timeout still run, and are counted.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, disk: str | None = None) -> None:
         self.timeout = timeout
         self.waited = 0.0
         self.busy = 0
         self.enabled = timeout > 0 and os.path.exists("/proc/stat")
+        stat = Path(f"/sys/class/block/{disk}/stat") if disk else None
+        self.disk_stat = stat if stat is not None and stat.exists() else None
 
-    @staticmethod
-    def _idle() -> tuple[int, int]:
+    def _ticks(self) -> tuple[int, int, int]:
         with open("/proc/stat") as f:
             ticks = [int(x) for x in f.readline().split()[1:]]
-        return ticks[3], sum(ticks)  # idle only: time waiting on the disk counts as busy
+        io_ms = int(self.disk_stat.read_text().split()[9]) if self.disk_stat else 0
+        return ticks[3], sum(ticks), io_ms  # idle only: time waiting on the disk counts as busy
 
     def wait(self) -> None:
         if not self.enabled:
             return
         start = time.monotonic()
-        quiet, before = 0, self._idle()
+        quiet, before = 0, self._ticks()
         while time.monotonic() - start < self.timeout:
             time.sleep(0.2)
-            after = self._idle()
+            after = self._ticks()
             share = (after[0] - before[0]) / max(1, after[1] - before[1])
+            disk_busy_ms = after[2] - before[2]
             before = after
-            quiet = quiet + 1 if share >= 0.9 else 0
+            quiet = quiet + 1 if share >= 0.9 and disk_busy_ms <= 10 else 0
             if quiet >= 2:
                 break
         else:
             self.busy += 1
         self.waited += time.monotonic() - start
+
+
+def block_device(path: Path) -> str | None:
+    """The kernel name of the block device holding `path` (vda, nvme0n1p2, dm-0), or None."""
+    try:
+        st = os.stat(path)
+        link = os.readlink(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    except OSError:
+        return None
+    return os.path.basename(link)
 
 
 QUIET = Quiet(0)
@@ -256,7 +271,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
     ap.add_argument("--tmp-dir", type=Path, default=REPO.parent / "bench-tmp", help="scratch space (removed after)")
     ap.add_argument("--quiet-timeout", type=float, default=30.0, metavar="S",
-                    help="before each timed op, wait up to S seconds for idle CPUs (0: do not wait; default 30)")
+                    help="before each timed op, wait up to S seconds for idle CPUs and disk (0: do not wait; default 30)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -276,7 +291,7 @@ def main() -> None:
         # (costly on a VM), and the correctness checks (same state dict loaded, byte-identical export).
         one_round(model, work, -1, {}, check=True)
         global QUIET
-        QUIET = Quiet(args.quiet_timeout)
+        QUIET = Quiet(args.quiet_timeout, block_device(work))
         results: dict[str, dict[str, list[float]]] = {}
         size = 0
         for i in range(args.repeat):
@@ -296,8 +311,9 @@ def report(results, size: int, params: int, args, env) -> None:
           f"{' (--quick)' if args.quick else ''}; median of {args.repeat} run(s), seconds")
     print("loads read files just written: page cache warm (cold reads need root to drop caches; not measured)")
     if QUIET.enabled:
-        print(f"each op waited for idle CPUs (total wait {QUIET.waited:.0f} s); {QUIET.busy} op(s) found none within"
-              f" {QUIET.timeout:.0f} s and ran on a busy machine")
+        disk = f" and an idle disk ({QUIET.disk_stat.parent.name})" if QUIET.disk_stat else ""
+        print(f"each op waited for idle CPUs{disk} (total wait {QUIET.waited:.0f} s); {QUIET.busy} op(s) found none"
+              f" within {QUIET.timeout:.0f} s and ran on a busy machine")
     print()
     head = f"{'operation':<22}{'baseline':>10}{'MB/s':>8}{'ckptstore':>11}{'MB/s':>8}{'ratio':>8}   target"
     print(head)
@@ -314,10 +330,14 @@ def report(results, size: int, params: int, args, env) -> None:
         base_cell = f"{base:>10.3f}{mb / base:>8.0f}" if "baseline" in sides else f"{'(ours)':>10}{'':>8}"
         print(f"{what:<22}{base_cell}{ours:>11.3f}{mb / ours:>8.0f}{ratio:>7.2f}x   <= {limit}x vs {against}"
               f" {'ok' if ok else 'MISSED'}")
-    print("\nall runs (s):")
+    print("\nall runs (s), and each round's own ratio (ours / baseline of the same round):")
     for what, sides in results.items():
         for side, xs in sides.items():
             print(f"  {what:<22}{side:<10}" + " ".join(f"{x:.3f}" for x in xs))
+        if "baseline" in sides:
+            ratios = [o / b for o, b in zip(sides["ours"], sides["baseline"])]
+            print(f"  {what:<22}{'ratio':<10}" + " ".join(f"{r:.2f}x" for r in ratios)
+                  + f"   (median {statistics.median(ratios):.2f}x)")
     print("\nenvironment:")
     for key, value in env:
         print(f"  {key:<13}{value}")
