@@ -76,7 +76,7 @@ def test_ls(ckpt, two):
     assert [c["name"] for c in _json(ckpt("ls", "tiny", "--json"))] == ["tiny/step-2", "tiny/step-1"]
 
 
-def test_show(ckpt, two):
+def test_show(ckpt, two, tiny_bert_dir):
     first, second = two
     shown = _json(ckpt("show", "tiny/step-2", "--json"))
     assert shown["id"] == second["id"] and shown["parent"] == first["id"]
@@ -94,6 +94,9 @@ def test_show(ckpt, two):
     for needle in ("tiny/step-2", second["id"], "bert", "eval_loss=0.25", "lr=0.001", "tiny/step-1",
                    "model.safetensors", "config.json", "second one"):
         assert needle in human.out, needle
+    assert "1 blob" in human.out and "1 blobs" not in human.out  # config.json: one blob, counted in the singular
+    ckpt("save", tiny_bert_dir, "nostep")
+    assert [line.split()[1:] for line in ckpt("show", "nostep").out.splitlines() if line.startswith("step ")] == [["-"]]
 
 
 def test_export(ckpt, two, tiny_bert_dir, tmp_path, tree_sha256):
@@ -134,7 +137,8 @@ def test_verify(ckpt, two):
     report = _json(ckpt("verify", "--json"))
     assert report["ok"] is True and report["checkpoints"] == 2 and report["problems"] == [] and report["deep"]
     one = ckpt("verify", "tiny/step-1")
-    assert one.code == 0 and "OK" in one.err
+    assert one.code == 0 and "OK" in one.err and "Checked 1 checkpoint, " in one.err
+    assert "Checked 2 checkpoints, " in ckpt("verify").err
     assert _json(ckpt("verify", "--quick", "--json"))["deep"] is False
 
 

@@ -66,6 +66,11 @@ def fmt_bytes(n: int) -> str:
     return human_bytes(n)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 checkpoint', '2 checkpoints', '0 blobs'."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def progress_bar(description: str, total: int):
     """A rich progress bar on stderr (silent when stderr is not a terminal). Use as a context manager; the returned
     callable advances it by a number of bytes."""

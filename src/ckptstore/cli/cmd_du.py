@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ._app import command, fmt_bytes, json_option, open_store, out, print_json
+from ._app import command, counted, fmt_bytes, json_option, open_store, out, print_json
 
 
 @command("du")
@@ -28,7 +28,7 @@ def du(as_json: bool, store_path: str | None) -> None:
         table.add_row(r.run, str(r.checkpoints), fmt_bytes(r.logical_bytes), fmt_bytes(r.unique_bytes))
     out.print(table)
     out.print(
-        f"total: {usage.checkpoints} checkpoints, {fmt_bytes(usage.logical_bytes)} logical,"
-        f" {fmt_bytes(usage.stored_bytes)} stored in {usage.blobs} blobs"
+        f"total: {counted(usage.checkpoints, 'checkpoint')}, {fmt_bytes(usage.logical_bytes)} logical,"
+        f" {fmt_bytes(usage.stored_bytes)} stored in {counted(usage.blobs, 'blob')}"
         f" (saved {fmt_bytes(usage.saved_bytes)}, {usage.ratio:.2f}x)"
     )

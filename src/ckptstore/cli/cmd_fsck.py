@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ._app import command, err, json_option, open_store, out, print_json
+from ._app import command, counted, err, json_option, open_store, out, print_json
 
 
 @command("fsck")
@@ -26,9 +26,9 @@ def fsck(reindex: bool, as_json: bool, store_path: str | None) -> None:
         print_json({**report.to_json(), "reindexed": reindex})
     else:
         if reindex:
-            err.print(f"Rebuilt the index: {len(store.list())} checkpoints")
+            err.print(f"Rebuilt the index: {counted(len(store.list()), 'checkpoint')}")
         for p in report.problems:
             out.print(f"PROBLEM {p}")
-        err.print(f"Checked {report.checkpoints} checkpoints, {report.blobs} blobs: {'OK' if report.ok else 'problems found'}")
+        err.print(f"Checked {counted(report.checkpoints, 'checkpoint')}, {counted(report.blobs, 'blob')}: {'OK' if report.ok else 'problems found'}")
     if not report.ok:
         sys.exit(1)

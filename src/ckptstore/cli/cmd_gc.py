@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from ._app import command, err, json_option, open_store, print_json
+from ._app import command, counted, err, json_option, open_store, print_json
 
 
 @command("gc")
@@ -26,4 +26,4 @@ def gc(dry_run: bool, wait: float, as_json: bool, store_path: str | None) -> Non
         print_json(plan.to_json())
         return
     verb = "Would reclaim" if dry_run else "Reclaimed"
-    err.print(f"{verb} {plan.bytes_freed_str} in {len(plan.blobs)} blobs ({len(plan.tmp_files)} temporary files)")
+    err.print(f"{verb} {plan.bytes_freed_str} in {counted(len(plan.blobs), 'blob')} ({counted(len(plan.tmp_files), 'temporary file')})")

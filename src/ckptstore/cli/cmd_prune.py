@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..errors import StoreLocked
-from ._app import command, err, fmt_bytes, json_option, open_store, print_json
+from ._app import command, counted, err, fmt_bytes, json_option, open_store, print_json
 from .cmd_policy import policy_from_options, policy_options, print_plan
 
 
@@ -46,8 +46,8 @@ def prune(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, dry_ru
         err.print(f"Would delete {n} of {n + len(result.plan.keep)} checkpoints ({result.policy}); "
                   f"gc could then reclaim {fmt_bytes(result.reclaimable_bytes)}")
     elif gc_plan is not None:
-        err.print(f"Deleted {n} checkpoints; reclaimed {gc_plan.bytes_freed_str}")
+        err.print(f"Deleted {counted(n, 'checkpoint')}; reclaimed {gc_plan.bytes_freed_str}")
     elif n:
-        err.print(f"Deleted {n} checkpoints; 'ckpt gc' can reclaim {fmt_bytes(result.reclaimable_bytes)}")
+        err.print(f"Deleted {counted(n, 'checkpoint')}; 'ckpt gc' can reclaim {fmt_bytes(result.reclaimable_bytes)}")
     else:
         err.print("Nothing to delete")

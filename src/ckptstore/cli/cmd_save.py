@@ -8,7 +8,7 @@ import click
 from .._ingest import check_folder, folder_sources, walk_folder
 from .._names import check_name, check_tag
 from ..errors import InvalidArgument, StoreNotFound
-from ._app import command, err, fmt_bytes, json_option, open_store, print_json, progress_bar
+from ._app import command, counted, err, fmt_bytes, json_option, open_store, print_json, progress_bar
 
 
 def _pairs(values: tuple[str, ...], what: str, *, numeric: bool) -> dict:
@@ -79,6 +79,6 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
         print_json({**info.to_json(), "new_bytes": added})
         return
     err.print(
-        f"Saved [bold]{info.name}[/] ({info.short_id}): {info.file_count} files, {fmt_bytes(info.logical_bytes)},"
+        f"Saved [bold]{info.name}[/] ({info.short_id}): {counted(info.file_count, 'file')}, {fmt_bytes(info.logical_bytes)},"
         f" {fmt_bytes(added)} new in the store"
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from ._app import command, fmt_bytes, json_option, open_store, out, print_json
+from ._app import command, counted, fmt_bytes, json_option, open_store, out, print_json
 
 
 @command("show")
@@ -51,7 +51,7 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
         return
     m = manifest.model
     rows = [
-        ("name", info.name), ("id", info.id), ("run", info.run), ("step", info.step), ("created", info.created_at_str),
+        ("name", info.name), ("id", info.id), ("run", info.run), ("step", "-" if info.step is None else info.step), ("created", info.created_at_str),
         ("tags", ", ".join(info.tags) or "-"), ("message", info.message or "-"),
         ("model type", m.get("model_type", "-")), ("architectures", ", ".join(m.get("architectures", [])) or "-"),
         ("parameters", f"{m['parameters']:,}" if "parameters" in m else "-"),
@@ -72,5 +72,5 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
     out.print(f"[bold]{'files':<{width}}[/]")
     for f in manifest.files:
-        extra = f"  {len(f.tensors)} tensors" if f.tensors else ""
-        out.print(f"  {f.path:<40} {fmt_bytes(f.size):>10}  {len(f.blobs)} blobs{extra}")
+        extra = f"  {counted(len(f.tensors), 'tensor')}" if f.tensors else ""
+        out.print(f"  {f.path:<40} {fmt_bytes(f.size):>10}  {counted(len(f.blobs), 'blob')}{extra}")

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ._app import command, err, fmt_bytes, json_option, open_store, out, print_json
+from ._app import command, counted, err, fmt_bytes, json_option, open_store, out, print_json
 
 
 @command("verify")
@@ -29,7 +29,7 @@ def verify(ref: str | None, quick: bool, as_json: bool, store_path: str | None) 
             out.print(f"DAMAGED {p}")
         status = "OK" if report.ok else f"{len(report.damaged)} damaged: {', '.join(report.damaged)}"
         err.print(
-            f"Checked {report.checkpoints} checkpoints, {report.blobs} blobs"
+            f"Checked {counted(report.checkpoints, 'checkpoint')}, {counted(report.blobs, 'blob')}"
             f" ({fmt_bytes(report.bytes_checked)} re-hashed): {status}"
         )
     if not report.ok:
