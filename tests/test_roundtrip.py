@@ -106,6 +106,20 @@ def test_small_chunks_split_tensors_and_still_round_trip(tmp_path, tiny_bert, tr
         _assert_same_state(store.load_state_dict("bert/chunked", verify=True), model.state_dict())
 
 
+def test_load_passes_config_keywords_into_the_config_as_from_pretrained_does(store, tiny_bert_dir, tmp_path):
+    """`num_labels=5` on a base checkpoint is how a classifier is started from it: from_pretrained puts keywords
+    that are config attributes into the config. store.load must do the same, not hand them to the model's __init__."""
+    store.save(tiny_bert_dir, "base/step-1")
+    kwargs = {"num_labels": 5, "output_attentions": True}
+    ours = store.load("base/step-1", cls=AutoModelForSequenceClassification, **kwargs)
+    theirs = AutoModelForSequenceClassification.from_pretrained(store.export("base/step-1", tmp_path / "out"), **kwargs)
+    assert ours.config.num_labels == theirs.config.num_labels == 5
+    assert ours.config.output_attentions is theirs.config.output_attentions is True
+    assert ours.classifier.out_features == 5
+    base = {k: v for k, v in theirs.state_dict().items() if not k.startswith("classifier.")}
+    _assert_same_state({k: v for k, v in ours.state_dict().items() if not k.startswith("classifier.")}, base)
+
+
 # -- 3. live models -----------------------------------------------------------------------------------------------
 
 

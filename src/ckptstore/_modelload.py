@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,10 +92,15 @@ def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = Fals
         with place as folder, guard:
             return guard.finish(guard.check(cls.from_pretrained(folder, **guard.kwargs)))
     config = _config(store, manifest, cls, kwargs)
-    with guard:
+    with guard, tempfile.TemporaryDirectory(prefix="ckpt-config-") as tmp:
         state_dict = _load.load_state_dict(store.objects, manifest, files=weights, verify=verify)
+        # from_pretrained is given the config as a file, not as the object: then it reads it the way it reads a
+        # folder's config.json, and keyword arguments that are config attributes (num_labels=3, output_attentions)
+        # go into the config instead of failing in the model's __init__.
+        config_file = Path(tmp) / "config.json"
+        config_file.write_bytes(_load.read_file_bytes(store.objects, manifest.file("config.json")))
         model = guard.check(
-            concrete_class(cls, config).from_pretrained(None, config=config, state_dict=state_dict, **guard.kwargs)
+            concrete_class(cls, config).from_pretrained(None, config=str(config_file), state_dict=state_dict, **guard.kwargs)
         )
     gen = manifest.file("generation_config.json")
     if gen is not None and getattr(model, "generation_config", None) is not None:
