@@ -195,6 +195,25 @@ def test_latest_best_and_policy(store):
     assert torch.equal(model.weight, store.load_state_dict("r/step-2")["weight"])
 
 
+def test_training_resumed_from_an_earlier_checkpoint_stores_the_new_attempt_beside_the_old(store, caplog):
+    """Rolling back (restore step 2 of a run that reached step 4) and training on passes step 3 and 4 again: the new
+    attempts are stored as r/step-3.1 and r/step-4.1, the earlier ones stay, and `latest` is the new step 4."""
+    manager = CheckpointManager(store, "r")
+    for step in (1, 2, 3, 4):
+        manager.save(step, torch.nn.Linear(2, 2), metrics={"loss": 1.0 / step})
+    resumed = CheckpointManager(store, "r")
+    assert resumed.restore(torch.nn.Linear(2, 2), ref="step-2")[0] == 2
+    with caplog.at_level("WARNING", logger="ckptstore"):
+        assert resumed.save(3, torch.nn.Linear(2, 2)).name == "r/step-3.1"
+        assert resumed.save(4, torch.nn.Linear(2, 2)).name == "r/step-4.1"
+    assert "r/step-3 is already stored" in caplog.text
+    assert {c.name for c in store.list("r")} == {f"r/step-{n}" for n in (1, 2, 3, 4)} | {"r/step-3.1", "r/step-4.1"}
+    assert store.info("r:latest").name == "r/step-4.1" and store.info("r/step-4.1").step == 4
+    assert [c.name for c in store.lineage("r/step-4.1")] == ["r/step-4.1", "r/step-3.1", "r/step-2", "r/step-1"]
+    with pytest.raises(NameExists):  # a step not after the restored one is a mistake in the loop, not a new attempt
+        resumed.save(2, torch.nn.Linear(2, 2))
+
+
 # -- bad input -----------------------------------------------------------------------------------------------------
 
 

@@ -121,10 +121,11 @@ def test_best_n_never_takes_a_checkpoint_without_the_metric() -> None:
     assert BestN(1).why_not(ck(5, loss=9.0)) == "not the best by eval_loss"
 
 
-def test_best_n_ties_go_to_the_newer_checkpoint() -> None:
+def test_best_n_ties_go_to_the_checkpoint_that_reached_the_value_first() -> None:
+    # As Trainer's best_model_checkpoint: only a strict improvement moves it.
     cps = [ck(100, loss=0.3), ck(300, loss=0.3), ck(200, loss=0.3)]
-    assert kept_names(BestN(1), cps) == {"bert/step-300"}
-    assert kept_names(BestN(2), cps) == {"bert/step-300", "bert/step-200"}
+    assert kept_names(BestN(1), cps) == {"bert/step-100"}
+    assert kept_names(BestN(2), cps) == {"bert/step-100", "bert/step-200"}
 
 
 def test_best_n_words() -> None:

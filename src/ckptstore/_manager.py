@@ -107,17 +107,32 @@ def training_files(
     return files
 
 
-def save_after(store: Store, src: Any, name: str, run: str, **kwargs: Any) -> CheckpointInfo:
-    """``store.save`` with the run's latest checkpoint as parent (lineage). Another process's prune may remove
-    that parent in the moment before the save resolves it; lineage is not worth failing a training save for, so
-    the save then goes ahead without one."""
-    parent = store.refs.get(run, "latest")
+def save_after(store: Store, src: Any, name: str, run: str, parent: str | None = None, **kwargs: Any) -> CheckpointInfo:
+    """``store.save`` with `parent` (the checkpoint training went on from; default the run's latest) as parent,
+    for lineage. Another process's prune may remove that parent in the moment before the save resolves it;
+    lineage is not worth failing a training save for, so the save then goes ahead without one."""
+    parent = parent or store.refs.get(run, "latest")
     try:
         return store.save(src, name, parent=parent, **kwargs)
     except CheckpointNotFound as exc:
         if parent is None or exc.ref != parent:
             raise
         return store.save(src, name, **kwargs)
+
+
+def name_after_rollback(store: Store, run: str, step: int) -> str:
+    """``RUN/step-N``, or, when that name is taken because training went back to an earlier checkpoint and is
+    passing step N again, the first free ``RUN/step-N.K`` (K = 1, 2, ...). Checkpoints are never overwritten: the
+    abandoned attempt stays stored (and is pruned like any other) beside the new one."""
+    name = f"{run}/step-{step}"
+    if store.catalog.id_for_name(name) is None:
+        return name
+    k = 1
+    while store.catalog.id_for_name(f"{name}.{k}") is not None:
+        k += 1
+    log.warning("%s is already stored (training went back to an earlier step since); storing step %d as %s.%d",
+                name, step, name, k)
+    return f"{name}.{k}"
 
 
 def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, name: str) -> None:
@@ -172,6 +187,8 @@ class CheckpointManager:
         self.gc = gc
         self._saver = AsyncSaver(f"ckptstore-save {self.run}") if async_save else None
         self._staging = Staging() if async_save else None
+        self._restored_step: int | None = None  # the step `restore` went back to, if it did
+        self._parent: str | None = None  # what training went on from: the last checkpoint restored or saved here
         self._background_store: Store | None = None
 
     def __repr__(self) -> str:
@@ -201,13 +218,16 @@ class CheckpointManager:
         name = self.name_for(step)
         _leases.refresh(self.store)  # another process may have saved this step since
         if self.store.catalog.id_for_name(name) is not None:
-            raise NameExists(name)
+            if self._restored_step is None or step <= self._restored_step:
+                raise NameExists(name)
+            name = name_after_rollback(self.store, self.run, step)  # restored an earlier checkpoint: a new attempt
         finite, other = split_metrics(metrics)
         metadata = {"saved_by": "ckptstore.CheckpointManager", **({"nonfinite_metrics": other} if other else {})}
         files = training_files(step, optimizer, scheduler, extra, staging=self._staging)
         if self._saver is None or self._staging is None:
-            info = save_after(self.store, model, name, self.run, step=step, metrics=finite, metadata=metadata,
-                              extra_files=files)
+            info = save_after(self.store, model, name, self.run, self._parent, step=step, metrics=finite,
+                              metadata=metadata, extra_files=files)
+            self._parent = info.id
             self._after_save(self.store)
             return info
         files = {**model_files(model, self._staging), **files}
@@ -217,8 +237,9 @@ class CheckpointManager:
                 # Its own Store (own SQLite connection): the training thread keeps using self.store meanwhile.
                 self._background_store = Store.open(self.store.root)
             store = self._background_store
-            info = save_after(store, None, name, self.run, step=step, metrics=finite, metadata=metadata,
-                              extra_files=files)
+            info = save_after(store, None, name, self.run, self._parent, step=step, metrics=finite,
+                              metadata=metadata, extra_files=files)
+            self._parent = info.id
             self._after_save(store)
             return info
 
@@ -309,7 +330,9 @@ class CheckpointManager:
             extra = _statetree.unflatten(state.get("extra"), tensors, what="extra") if state else None
             if restore_rng and state:
                 _rng.restore(state["rng"], tensors)
-        return (manifest.step if not state else state["step"]), extra
+        step = manifest.step if not state else state["step"]
+        self._restored_step, self._parent = step, cid
+        return step, extra
 
     def _training_state(self, manifest: Any, *, wants_optimizer: bool, wants_scheduler: bool) -> dict[str, Any]:
         entry = manifest.file(STATE_FILE)

@@ -178,9 +178,11 @@ class BestN(Policy):
 
     def ranked(self, checkpoints: Sequence[CheckpointInfo]) -> list[CheckpointInfo]:
         """Checkpoints that record the metric, best first."""
-        newest_first = sorted(checkpoints, key=_order_key, reverse=True)
-        scored = [(v, c) for c in newest_first if (v := _metric_value(c, self.metric)) is not None]
-        # sorted() is stable, so equal values stay newest first.
+        oldest_first = sorted(checkpoints, key=_order_key)
+        scored = [(v, c) for c in oldest_first if (v := _metric_value(c, self.metric)) is not None]
+        # sorted() is stable, so of equal values the checkpoint that reached it first ranks first: a later one with
+        # the same value is no improvement. Trainer decides its best_model_checkpoint the same way, so RUN:best and
+        # the checkpoint Trainer reloads at the end (load_best_model_at_end) are the same one.
         scored.sort(key=lambda vc: vc[0] if self.mode == "min" else -vc[0])
         return [c for _, c in scored]
 

@@ -98,7 +98,12 @@ def full_run(tmp_path_factory):
                            metric_for_best_model="eval_loss", greater_is_better=True)
     trainer.train()
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    return store, root / "out", trainer.state.log_history, losses_of(trainer), weights
+    best_step = _step_of_folder(trainer.state.best_model_checkpoint)
+    return store, root / "out", trainer.state.log_history, losses_of(trainer), weights, best_step
+
+
+def _step_of_folder(folder: str) -> int:
+    return int(Path(folder).name.removeprefix("checkpoint-"))
 
 
 # -- what the callback stores -------------------------------------------------------------------------------------
@@ -106,7 +111,7 @@ def full_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_trainer_checkpoint_is_stored_verbatim_with_its_metrics(full_run, tmp_path):
-    store, out, log_history, _, _ = full_run
+    store, out, log_history, _, _, trainer_best = full_run
     assert sorted(c.step for c in store.list("full")) == [2, 4, 6, 8]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
     for step in (2, 8):
@@ -118,15 +123,16 @@ def test_every_trainer_checkpoint_is_stored_verbatim_with_its_metrics(full_run, 
     for info in store.list("full"):
         assert info.metrics["eval_loss"] == evals[info.step]
         assert "eval_runtime" not in info.metrics and info.metadata["epoch"] > 0
-    # metric_for_best_model=eval_loss with greater_is_better=True: best is the highest eval_loss.
-    assert store.info("full:best").step == max(evals, key=lambda s: (evals[s], s))
+    # metric_for_best_model=eval_loss with greater_is_better=True: best is the highest eval_loss, the first to reach
+    # it on a tie, which is the checkpoint Trainer itself calls best.
+    assert store.info("full:best").step == max(evals, key=lambda s: (evals[s], -s)) == trainer_best
     assert store.info("full:latest").step == 8
     assert store.info("full/step-6").parent == store.resolve("full/step-4")
 
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_bit_exactly_in_a_new_process(full_run, tmp_path, ckpt):
-    _, _, _, full_losses, full_weights = full_run
+    _, _, _, full_losses, full_weights, _ = full_run
     store = Store.init(tmp_path / "store")
     out = tmp_path / "out"
     callback = CheckpointCallback(store, "run", policy=RetentionPolicy(keep_last=1, keep_best=1), async_save=True)
@@ -156,6 +162,24 @@ def test_interrupted_run_resumes_bit_exactly_in_a_new_process(full_run, tmp_path
     assert fresh.info("run:latest").step == MAX_STEPS
     assert {c.step for c in fresh.list("run")} <= {2, 4, 6, MAX_STEPS} and len(fresh.list("run")) <= 2  # the policy
     assert not fresh.verify().problems
+
+
+@pytest.mark.slow
+def test_resuming_from_an_earlier_checkpoint_stores_the_new_steps_beside_the_old(full_run, tmp_path, ckpt):
+    """Rolled back to step 4 of a run that reached 8, Trainer saves steps 6 and 8 again (overwriting its own
+    folders); the store keeps the first attempt and stores the new one as RUN/step-N.1, without failing training."""
+    import shutil
+
+    shutil.copytree(full_run[0].root, tmp_path / "store")
+    store = Store.open(tmp_path / "store")
+    assert ckpt("checkout", "full/step-4", tmp_path / "resume", store=store.root).code == 0
+    trainer = make_trainer(tmp_path / "out", [CheckpointCallback(store, "full")])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "resume"))
+    assert trainer.state.global_step == MAX_STEPS
+    names = {c.name for c in store.list("full")}
+    assert names == {f"full/step-{n}" for n in (2, 4, 6, 8)} | {"full/step-6.1", "full/step-8.1"}
+    assert store.info("full:latest").name == "full/step-8.1"
+    assert store.info("full/step-8.1").parent == store.resolve("full/step-6.1")
 
 
 def test_checkout_says_when_a_checkpoint_has_no_optimizer_state(tmp_path, ckpt):

@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from .. import _leases, _retention
 from .._async import AsyncSaver
 from .._info import CheckpointInfo
-from .._manager import save_after, split_metrics
+from .._manager import name_after_rollback, save_after, split_metrics
 from .._names import check_run
 from .._resume import checkout
 from ..errors import InvalidArgument, SourceNotFound, StoreLocked
@@ -95,9 +95,14 @@ class CheckpointCallback(TrainerCallback):
         self._stored: dict[Path, str] = {}  # local folder -> id, for folders this callback has stored
         self._pending: Path | None = None  # the folder an async save is storing
         self.last_saved: CheckpointInfo | None = None
+        self._resumed_from: str | None = None  # the stored checkpoint Trainer resumed from, if it did
 
     # -- Trainer events ----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step and self.last_saved is None:
+            # Resumed: lineage goes on from the stored checkpoint of that step (the newest, if tried more than once).
+            here = [c for c in self.store.list(self.run) if c.step == state.global_step]
+            self._resumed_from = here[0].id if here else None
         metric = args.metric_for_best_model
         if metric:
             metric = metric if metric.startswith("eval_") else f"eval_{metric}"
@@ -118,7 +123,9 @@ class CheckpointCallback(TrainerCallback):
         if other:
             metadata["nonfinite_metrics"] = other
         kwargs_ = dict(step=step, metrics=metrics, metadata=metadata)
-        name = f"{self.run}/step-{step}"
+        # Resumed from an earlier checkpoint, Trainer passes stored steps again and overwrites its own folders; the
+        # store keeps the earlier attempt and stores this one as RUN/step-N.1.
+        name = name_after_rollback(self.store, self.run, step)
         if self._saver is None:
             self._stored_ok(folder, self._save(self.store, folder, name, kwargs_))
             self._cleanup_local(args, state)
@@ -146,7 +153,8 @@ class CheckpointCallback(TrainerCallback):
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _save(self, store: Store, folder: Path, name: str, kwargs: dict[str, Any]) -> CheckpointInfo:
-        info = save_after(store, folder, name, self.run, **kwargs)
+        parent = self.last_saved.id if self.last_saved is not None else self._resumed_from
+        info = save_after(store, folder, name, self.run, parent, **kwargs)
         if self.gc and store.get_policy(self.run) is not None:
             try:
                 store.gc(timeout=0)  # never wait on another process's save: the next gc frees these blobs
