@@ -214,6 +214,14 @@ def test_training_resumed_from_an_earlier_checkpoint_stores_the_new_attempt_besi
         resumed.save(2, torch.nn.Linear(2, 2))
 
 
+def test_checkout_of_a_manager_checkpoint_says_how_to_resume_it(store, ckpt, tmp_path):
+    model, optimizer, scheduler = make_training()
+    CheckpointManager(store, "r").save(3, model, optimizer, scheduler)
+    res = ckpt("checkout", "r:latest", tmp_path / "resume", store=store.root)
+    assert res.code == 0 and (tmp_path / "resume" / "training_state.json").is_file()
+    assert "CheckpointManager" in res.err and ".restore(" in res.err and "trainer.train" not in res.err
+
+
 # -- bad input -----------------------------------------------------------------------------------------------------
 
 

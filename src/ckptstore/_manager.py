@@ -25,6 +25,7 @@ from . import _leases, _retention, _rng, _statetree
 from ._async import AsyncSaver, Staging
 from ._info import CheckpointInfo
 from ._names import check_run
+from ._resume import MANAGER_STATE
 from ._safetensors import ST_TO_TORCH
 from .errors import CheckpointNotFound, CkptError, IncompleteCheckpoint, InvalidArgument, NameExists, StoreLocked
 from .policies import LatestN, RetentionPolicy
@@ -32,7 +33,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.json"
+STATE_FILE = MANAGER_STATE  # the name checkout recognizes too
 OPTIMIZER_FILE = "optimizer.safetensors"
 TENSORS_FILE = "training_state/tensors.safetensors"
 STATE_FORMAT = 1

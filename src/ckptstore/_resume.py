@@ -17,15 +17,22 @@ if TYPE_CHECKING:
     from ._manifest import Manifest
     from .store import Store
 
-# Trainer writes trainer_state.json; CheckpointManager writes training_state.json.
-STATE_FILES = ("trainer_state.json", "training_state.json")
+TRAINER_STATE = "trainer_state.json"  # what Trainer writes into checkpoint-N
+MANAGER_STATE = "training_state.json"  # what CheckpointManager stores
+
+
+def saved_by_trainer(manifest: "Manifest") -> bool:
+    """Whether the checkpoint is a Trainer folder (trainer_state.json) rather than a CheckpointManager one."""
+    return manifest.file(TRAINER_STATE) is not None
 
 
 def check_training_state(manifest: "Manifest") -> None:
     paths = [f.path for f in manifest.files]
+    if MANAGER_STATE in paths:
+        return  # CheckpointManager's state: its restore() says itself what a resume lacks
     missing = []
-    if not any(p in STATE_FILES for p in paths):
-        missing.append("training state (trainer_state.json)")
+    if TRAINER_STATE not in paths:
+        missing.append(f"training state ({TRAINER_STATE})")
     if not any(p.rsplit("/", 1)[-1].startswith("optimizer") for p in paths):
         missing.append("optimizer state (optimizer.pt)")
     if missing:

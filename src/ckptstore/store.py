@@ -583,7 +583,12 @@ class Store:
         _load.export(self.objects, manifest, dest, verify=verify, on_progress=on_progress)
         return dest
 
-    checkout = export
+    def checkout(self, ref: str, dest: str | os.PathLike[str], *, verify: bool = False, on_progress=None) -> Path:
+        """`export` for resuming training, as ``ckpt checkout``: refuses a checkpoint without optimizer and training
+        state (a resume from weights alone would restart the optimizer and schedule). Returns `dest`."""
+        from ._resume import checkout
+
+        return checkout(self, ref, dest, verify=verify, on_progress=on_progress)
 
     # -- import and convert ---------------------------------------------------------------------------------------
     def import_folder(self, path: str | os.PathLike[str], *, run: str | None = None, keep_pickles: bool = False,

@@ -190,6 +190,8 @@ def test_checkout_says_when_a_checkpoint_has_no_optimizer_state(tmp_path, ckpt):
     assert "optimizer.pt" not in sha256_tree(store.export("weights:latest", tmp_path / "export"))
     with pytest.raises(IncompleteCheckpoint, match="no optimizer state"):
         checkout(store, "weights:latest", tmp_path / "resume")
+    with pytest.raises(IncompleteCheckpoint, match="no optimizer state"):
+        store.checkout("weights:latest", tmp_path / "resume")
     assert not (tmp_path / "resume").exists()
     res = ckpt("checkout", "weights:latest", tmp_path / "resume", store=store.root)
     assert res.code == 1 and "no optimizer state" in res.err
