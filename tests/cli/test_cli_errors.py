@@ -170,10 +170,21 @@ def test_untag_needs_run_colon_tag(ckpt, stored):
 
 
 def test_click_usage_errors_exit_2_without_traceback(ckpt, stored):
-    for args in (("save",), ("show",), ("ls", "--bogus"), ("bogus-command",)):
+    for args in (("save",), ("show",), ("ls", "--bogus"), ("bogus-command",), ("ls", "--debug", "--bogus"),
+                 ("show", "--debug")):
         result = ckpt(*args)
         assert result.code == 2, args
         assert "Traceback" not in result.err and result.err.strip()
+
+
+def test_store_and_debug_options_also_go_before_the_command(ckpt, stored, tmp_path):
+    """`ckpt --store PATH ls`, as `git -C PATH log`: the same store as `ckpt ls --store PATH`."""
+    before = ckpt("--store", stored, "ls", "--json")
+    assert before.code == 0 and [c["name"] for c in json.loads(before.out)] == ["tiny/step-1"]
+    assert ckpt("--store", stored, "--debug", "ls", "--json").out == before.out
+    # The option after the command wins over the one before it.
+    assert ckpt("--store", tmp_path / "nowhere", "ls", "--json", "--store", stored).out == before.out
+    assert ckpt("--store", tmp_path / "new", "init").code == 0 and (tmp_path / "new" / "store.json").is_file()
 
 
 def test_debug_shows_the_traceback(ckpt, stored, tmp_path):

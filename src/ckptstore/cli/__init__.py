@@ -13,6 +13,7 @@ import warnings
 import click
 
 from ..errors import CkptError
+from ._app import debug_option, group_store_option
 
 # (module, attribute) of each command, in the order `ckpt --help` lists them.
 COMMANDS = [
@@ -46,6 +47,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ckptstore", prog_name="ckpt")
+@group_store_option
+@debug_option
 def cli() -> None:
     """ckpt: Hugging Face checkpoints stored once, deduplicated, verifiable, named and pruned by policy.
 
@@ -56,7 +59,8 @@ def cli() -> None:
       ckpt ls bert-sst2
       ckpt export bert-sst2:v1 ./deploy
 
-    Every command takes --store PATH (default $CKPT_STORE, else ./.ckpt) and --debug.
+    Every command takes --store PATH (default $CKPT_STORE, else ./.ckpt) and --debug,
+    after the command or before it.
     Exit codes: 0 ok, 1 failure, 2 usage error.
     """
 
@@ -91,9 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        if debug:
-            raise
+    except click.ClickException as exc:  # a usage error: its message says all, --debug or not
         exc.show()
         sys.exit(exc.exit_code)  # 2 for usage errors
     except CkptError as exc:

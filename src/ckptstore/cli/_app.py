@@ -25,8 +25,25 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.st
 STORE_HELP = "Store folder (default: $CKPT_STORE, else ./.ckpt)."
 
 
+_GROUP_STORE = "ckpt.store"  # where `ckpt --store PATH COMMAND` leaves PATH for the command
+
+
+def _store_or_group_store(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return value if value is not None else ctx.find_root().meta.get(_GROUP_STORE)
+
+
 def store_option(f: Callable) -> Callable:
-    return click.option("--store", "store_path", metavar="PATH", envvar=None, default=None, help=STORE_HELP)(f)
+    """--store PATH, given after the command or before it (`ckpt --store PATH ls`, as `git -C`)."""
+    return click.option("--store", "store_path", metavar="PATH", envvar=None, default=None, help=STORE_HELP,
+                        callback=_store_or_group_store)(f)
+
+
+def group_store_option(f: Callable) -> Callable:
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        ctx.meta[_GROUP_STORE] = value
+
+    return click.option("--store", metavar="PATH", default=None, expose_value=False, callback=remember,
+                        help=STORE_HELP + " Also accepted after the command.")(f)
 
 
 def json_option(f: Callable) -> Callable:

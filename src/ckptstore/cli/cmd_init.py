@@ -4,14 +4,12 @@ import click
 
 from ..config import resolve_store_path
 from ..store import Store
-from ._app import err
+from ._app import command, err
 
 
-@click.command("init", context_settings={"help_option_names": ["-h", "--help"]})
+@command("init")
 @click.argument("path", required=False)
-@click.option("--store", "store_path", metavar="PATH", default=None, help="Same as PATH.")
 @click.option("--chunk-bytes", type=click.IntRange(4096, 1 << 31), default=None, help="Blob size for large tensors.")
-@click.option("--debug", is_flag=True, expose_value=False, help="Show the full traceback on errors.")
 def init(path: str | None, store_path: str | None, chunk_bytes: int | None) -> None:
     """Create a store at PATH (default: $CKPT_STORE, else ./.ckpt). Does nothing to an existing store.
 
