@@ -46,6 +46,7 @@ EXPECTED_PUBLIC = {
     "RetentionPolicy",
     "RetentionWarning",
     "RunUsage",
+    "SaveReport",
     "ShapeMismatch",
     "SourceNotFound",
     "Store",

@@ -6,7 +6,7 @@ back to a plain folder that ``from_pretrained`` loads.
 
 from ._diff import DiffReport
 from ._gc import GcPlan
-from ._info import CheckpointInfo, DiskUsage, RunUsage
+from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
 from ._manager import CheckpointManager
 from ._validate import ValidationReport
 from ._verify import Problem, VerifyReport
@@ -66,6 +66,7 @@ __all__ = [
     "RetentionPolicy",
     "RetentionWarning",
     "RunUsage",
+    "SaveReport",
     "ShapeMismatch",
     "SourceNotFound",
     "Store",

@@ -67,6 +67,18 @@ class CheckpointInfo:
 
 
 @dataclass(frozen=True)
+class SaveReport:
+    """What a save did besides storing its checkpoint: `Store.last_save`."""
+
+    checkpoint: CheckpointInfo
+    new_bytes: int  # bytes of the blobs this save wrote; what was already stored costs nothing
+    pruned: tuple[str, ...] = ()  # names the run's retention policy removed right after the save
+
+    def to_json(self) -> dict[str, Any]:
+        return {"new_bytes": self.new_bytes, "pruned": list(self.pruned)}
+
+
+@dataclass(frozen=True)
 class RunUsage:
     run: str
     checkpoints: int

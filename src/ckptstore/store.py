@@ -24,7 +24,7 @@ from ._backend import atomic_write_bytes, fsync_dir
 from ._catalog import Catalog
 from ._failpoints import failpoint
 from ._gc import GcPlan, stale_tmp_files
-from ._info import CheckpointInfo, DiskUsage, RunUsage
+from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
 from ._ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
 from ._locks import file_lock
 from ._manifest import FileEntry, Manifest, manifest_id
@@ -137,6 +137,7 @@ class Store:
         self._catalog: Catalog | None = None
         self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
         self._commit_owner: int | None = None  # the thread holding the commit lock through this Store
+        self.last_save: SaveReport | None = None  # what this Store's most recent save wrote and pruned
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -379,15 +380,18 @@ class Store:
 
         with contextlib.ExitStack() as stack:
             sources = self._collect(src, tokenizer, extra_files, max_shard_size, stack)
-            cid, _ = self._save_sources(
+            cid, written = self._save_sources(
                 sources, name, tags=tags, metrics=clean_metrics, metadata=metadata, parent_id=parent_id,
                 message=message, step=step, on_progress=on_progress,
             )
         info = self.info(cid)
+        self.last_save = SaveReport(info, written)
         # Committed: apply the run's policy and move its latest/best tags. A newer save from another process may
         # have pruned this one already, so return what is stored now, or else what was committed.
         try:
-            _retention.after_save(self, info.run)
+            pruned = _retention.after_save(self, info.run)
+            if pruned is not None and pruned.executed:
+                self.last_save = SaveReport(info, written, tuple(d.checkpoint.name for d in pruned.plan.remove))
         except Exception as exc:  # noqa: BLE001 - the checkpoint is stored; say so rather than report a failed save
             warnings.warn(
                 f"Saved {info.name!r}, but applying the run's retention policy failed ({exc});"

@@ -49,6 +49,23 @@ def test_save_reports_what_it_stored(ckpt, two, tiny_bert_dir):
     assert "Saved copy/step-1" in again.err and "0 B new" in again.err
 
 
+def test_save_says_what_the_run_policy_removed_and_never_counts_it_as_new(ckpt, tiny_bert, tmp_path):
+    """A save under a policy prunes right away: the output names what went, and 'new' is what the save wrote."""
+    folders = []
+    for seed in (0, 1):
+        folders.append(tmp_path / f"m{seed}")
+        tiny_bert(seed=seed).save_pretrained(folders[-1])
+    assert ckpt("save", folders[0], "p/step-1").code == 0
+    assert ckpt("policy", "p", "--keep-last", "1").code == 0
+    report = json.loads(ckpt("save", folders[1], "p/step-2", "--json").out)
+    assert report["pruned"] == ["p/step-1"]
+    # Before this fix "new" was the change in stored bytes, which the prune made negative.
+    assert 0 < report["new_bytes"] <= sum(f.stat().st_size for f in folders[1].iterdir())
+    human = ckpt("save", folders[0], "p/step-3")
+    assert human.code == 0 and "removed p/step-2" in human.err and "B new in the store" in human.err
+    assert "-" not in human.err.split("B new in the store")[0].rsplit(",", 1)[-1]
+
+
 def test_save_creates_the_default_store(ckpt, tiny_bert_dir, tmp_path, monkeypatch):
     from ckptstore.cli import main
 

@@ -68,17 +68,19 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
 
     # The files the save will read (same walk as the store's), for the progress bar's total.
     total = sum(p.stat().st_size for _, p in walk_folder(Path(src))) if Path(src).is_dir() else 0
-    before = store.catalog.stored_bytes()[0]
     with progress_bar(f"saving {name}", total) as advance:
         info = store.save(
             src, name, tags=tags, metrics=metrics, metadata=meta, parent=parent, step=step, message=message,
             on_progress=advance,
         )
-    added = store.catalog.stored_bytes()[0] - before
+    report = store.last_save
     if as_json:
-        print_json({**info.to_json(), "new_bytes": added})
+        print_json({**info.to_json(), **report.to_json()})
         return
     err.print(
         f"Saved [bold]{info.name}[/] ({info.short_id}): {counted(info.file_count, 'file')}, {fmt_bytes(info.logical_bytes)},"
-        f" {fmt_bytes(added)} new in the store"
+        f" {fmt_bytes(report.new_bytes)} new in the store"
     )
+    if report.pruned:
+        err.print(f"The retention policy of run {info.run!r} removed {', '.join(report.pruned)}"
+                  f" ('ckpt policy {info.run}' shows it; 'ckpt gc' frees their blobs)")
