@@ -168,6 +168,36 @@ def test_bad_metrics_are_refused(store, tiny_bert_dir, metrics):
     assert store.list() == []
 
 
+def test_metadata_json_cannot_hold_is_refused_before_anything_is_written(store, tiny_bert_dir):
+    with pytest.raises(InvalidArgument, match="metadata cannot be stored as JSON"):
+        store.save(tiny_bert_dir, "m/step-1", metadata={"optimizer": object()})
+    assert store.list() == [] and store.du().stored_bytes == 0
+
+
+def test_a_single_tag_string_is_one_tag(store, tiny_bert_dir):
+    assert store.save(tiny_bert_dir, "t/step-1", tags="prod").tags == ("prod",)
+
+
+def test_saving_the_folder_that_holds_the_store_leaves_the_store_out(tiny_bert_dir, tree_sha256, tmp_path):
+    """`ckpt save . NAME` inside the model folder, with the default store ./.ckpt in it."""
+    original = tree_sha256(tiny_bert_dir)
+    with Store.init(tiny_bert_dir / ".ckpt") as inside:
+        inside.save(tiny_bert_dir, "m/step-1")
+        inside.save(tiny_bert_dir, "m/step-2")  # the store now has objects, an index, locks: none of it is saved
+        assert {f.path for f in inside.manifest("m/step-2").files} == set(original)
+        assert tree_sha256(inside.export("m/step-2", tmp_path / "out")) == original
+
+
+def test_init_refuses_a_folder_that_holds_other_files(tiny_bert_dir, tmp_path):
+    before = sorted(p.name for p in tiny_bert_dir.iterdir())
+    with pytest.raises(InvalidArgument, match="already holds files .* and is not a store"):
+        Store.init(tiny_bert_dir)
+    assert sorted(p.name for p in tiny_bert_dir.iterdir()) == before
+    (tmp_path / "half" / "objects").mkdir(parents=True)  # an interrupted init is simply re-run
+    Store.init(tmp_path / "half").close()
+    assert (tmp_path / "half" / "store.json").is_file()
+
+
 def test_live_model_with_tokenizer_loads_its_tokenizer(store, tiny_bert, minilm_dir):
     from transformers import AutoTokenizer
 

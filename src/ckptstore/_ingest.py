@@ -46,11 +46,18 @@ def _is_weight_file(rel: str) -> bool:
     return base.endswith(WEIGHT_SUFFIXES) and base not in TRAINING_STATE_FILES and not base.startswith("rng_state")
 
 
+def is_store_folder(path: Path) -> bool:
+    """A ckptstore store (store.json beside objects/): never part of a checkpoint, even when it sits inside the
+    folder being saved (`ckpt save .` with the default ./.ckpt)."""
+    return (path / "store.json").is_file() and (path / "objects").is_dir()
+
+
 def walk_folder(src: Path) -> list[tuple[str, Path]]:
-    """Regular files under `src` (symlinked files followed, as in a hub snapshot), as (posix relative path, path)."""
+    """Regular files under `src` (symlinked files followed, as in a hub snapshot), as (posix relative path, path).
+    Stores inside `src` are skipped (see is_store_folder)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not is_store_folder(Path(dirpath) / d))
         for fn in sorted(filenames):
             full = Path(dirpath) / fn
             if not full.is_file():

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import json
 import os
 import platform
 import re
@@ -149,6 +150,14 @@ class Store:
             return cls.open(root)
         if root.exists() and not root.is_dir():
             raise InvalidArgument(f"{str(root)!r} is a file, not a folder.", hint="Choose another path for the store.")
+        layout = ("objects", "checkpoints", "refs", "tmp", "locks", "policies")
+        others = sorted(p.name for p in root.iterdir() if p.name not in layout) if root.is_dir() else []
+        if others:  # a store's own folders alone are an interrupted init, which may simply be re-run
+            raise InvalidArgument(
+                f"{str(root)!r} already holds files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                " and is not a store.",
+                hint="A store gets a folder of its own: choose a new or empty path (e.g. ./.ckpt).",
+            )
         config = StoreConfig(chunk_bytes=check_chunk_bytes(chunk_bytes) if chunk_bytes else StoreConfig.chunk_bytes)
         for sub in ("objects", "checkpoints", "refs/tags", "tmp", "locks", "policies"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -368,10 +377,11 @@ class Store:
         of tensors (written as a safetensors file). Identical blobs already stored are not written again.
         """
         check_name(name)
-        tags = tuple(tags)
+        tags = (tags,) if isinstance(tags, str) else tuple(tags)  # tags="prod" is one tag, not four
         for tag in tags:
             check_tag(tag, allow_reserved=True)
         clean_metrics = _check_metrics(metrics)
+        _check_metadata(metadata)
         parent_id = self.resolve(parent) if parent else None
         if step is None:
             step = step_from_name(name)
@@ -815,6 +825,21 @@ class Store:
         from ._diff import diff
 
         return diff(self, a, b)
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> None:
+    """Metadata is kept as JSON in the manifest: refuse what JSON cannot hold before anything is written."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgument(f"metadata must be a dict, got {type(metadata).__name__}.", hint="metadata={'lr': 3e-4}")
+    try:
+        json.dumps(dict(metadata), allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"metadata cannot be stored as JSON: {exc}.",
+            hint="Use strings, numbers, booleans, lists and dicts (str(value) for anything else).",
+        ) from None
 
 
 def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
