@@ -140,6 +140,12 @@ def test_keep_pickles_stores_weights_verbatim_unread(store, tmp_path):
     with pytest.raises(UnsafePickle):
         store.convert("kept")
     assert not canary.exists()
+    # So is loading it (through transformers' from_pretrained): refused by ckptstore's words, not torch's advice
+    # to retry with weights_only=False, which would run the pickle.
+    with pytest.raises(UnsafePickle) as info:
+        store.load("kept")
+    assert not canary.exists()
+    assert "weights_only=False" not in info.value.message + (info.value.hint or "")
 
 
 def test_safe_pickle_that_is_not_a_state_dict_is_kept_verbatim(store, tmp_path):

@@ -144,3 +144,25 @@ def test_memory_options_pass_through_on_cpu(store, tiny_bert, tmp_path):
         assert any(offload.rglob("*.safetensors"))
         with torch.inference_mode():  # offloaded weights are read back from disk here, after the load returned
             assert torch.allclose(spilled(input_ids=IDS).last_hidden_state, expected, atol=1e-5)
+
+
+def test_a_config_that_is_not_json_and_a_folder_without_weights_get_named_errors(store, tiny_bert_dir, tmp_path):
+    """Both once surfaced as a bare JSONDecodeError and an OSError naming a temporary folder."""
+    from ckptstore.errors import IncompleteCheckpoint, InvalidCheckpoint
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert", oops}')
+    (broken / "model.safetensors").write_bytes((tiny_bert_dir / "model.safetensors").read_bytes())
+    store.save(broken, "b/broken")
+    for call in (lambda: store.load("b/broken"), lambda: store.validate("b/broken"),
+                 lambda: store.diff("b/broken", "b/broken")):
+        with pytest.raises(InvalidCheckpoint, match="config.json of 'b/broken' is not valid JSON"):
+            call()
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    (weightless / "config.json").write_bytes((tiny_bert_dir / "config.json").read_bytes())
+    store.save(weightless, "b/weightless")
+    with pytest.raises(IncompleteCheckpoint, match="no weights from_pretrained can load") as info:
+        store.load("b/weightless")
+    assert "ckpt-load" not in info.value.message  # not the temporary folder it was loaded through

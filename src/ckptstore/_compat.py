@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _load
+from .errors import InvalidCheckpoint
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
@@ -69,14 +70,23 @@ class Compatibility:
 
 
 def read_config(objects: "ObjectStore", manifest: "Manifest") -> dict[str, Any] | None:
+    """The checkpoint's config.json as a dict; None when it has none. A config.json that is not a JSON object is
+    an error here, named, rather than a puzzle later (no model_type, every key 'removed')."""
     entry = manifest.file("config.json")
     if entry is None:
         return None
     try:
         raw = json.loads(_load.read_file_bytes(objects, entry))
-    except ValueError:
-        return None
-    return raw if isinstance(raw, dict) else None
+    except ValueError as exc:
+        raise InvalidCheckpoint(
+            f"config.json of {manifest.name!r} is not valid JSON ({exc}).",
+            path="config.json",
+            hint="Fix the file and save the checkpoint again (ckpt export, edit, ckpt save under a new name).",
+        ) from None
+    if not isinstance(raw, dict):
+        raise InvalidCheckpoint(f"config.json of {manifest.name!r} is not a JSON object.", path="config.json",
+                                hint="Re-save the config with save_pretrained.")
+    return raw
 
 
 def compatibility(config: dict[str, Any] | None, manifest: "Manifest") -> Compatibility:

@@ -8,13 +8,22 @@ transformers reports a shape mismatch as a long table in its log followed by "Yo
 from __future__ import annotations
 
 import errno
+import pickle
 import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._compat import Compatibility, compatibility, read_config
 from ._info import human_bytes
-from .errors import CkptError, CompatibilityWarning, InvalidCheckpoint, OutOfMemory, ShapeMismatch
+from .errors import (
+    CkptError,
+    CompatibilityWarning,
+    IncompleteCheckpoint,
+    InvalidCheckpoint,
+    OutOfMemory,
+    ShapeMismatch,
+    UnsafePickle,
+)
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
@@ -77,6 +86,20 @@ class LoadGuard:
                 f"Not enough memory to load {name!r} ({human_bytes(weights)} of weights"
                 + (f", as {asked}" if asked is not None else "")
                 + f"): {_oom_detail(exc)}."
+            ) from exc
+        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+            # torch's message ends in advice to retry with weights_only=False, that is, to run the pickle's code.
+            raise UnsafePickle(
+                f"Cannot load {name!r}: a weight pickle in it holds more than tensors, and ckptstore never unpickles"
+                " that.",
+                hint="Only plain tensor pickles are read. Convert the weights to safetensors where they were made, or"
+                " load the file yourself if you trust whoever made it.",
+            ) from exc
+        if isinstance(exc, OSError) and "file named" in str(exc):  # from_pretrained found no weights file
+            raise IncompleteCheckpoint(
+                f"Checkpoint {name!r} has no weights from_pretrained can load ({', '.join(f.path for f in self.manifest.files[:4])}"
+                f"{', ...' if len(self.manifest.files) > 4 else ''}).",
+                hint="Store the folder save_pretrained wrote, with its model.safetensors (or pytorch_model.bin).",
             ) from exc
         problem = self.compat.problem()
         if problem is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _load
+from ._compat import read_config
 from ._loadguard import LoadGuard
 from ._manifest import manifest_id
 from .errors import IncompleteCheckpoint, InvalidCheckpoint
@@ -31,10 +32,9 @@ TOKENIZER_FILES = (
 def _config(store: "Store", manifest, cls: Any, kwargs: dict[str, Any]):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    entry = manifest.file("config.json")
-    if entry is None:
+    raw = read_config(store.objects, manifest)
+    if raw is None:
         raise IncompleteCheckpoint(f"Checkpoint {manifest.name!r} has no config.json, so no model class can be built.")
-    raw = json.loads(_load.read_file_bytes(store.objects, entry))
     model_type = raw.get("model_type")
     if model_type not in CONFIG_MAPPING:
         import transformers

@@ -5,7 +5,7 @@ import sys
 import click
 from rich.text import Text
 
-from ._app import command, json_option, open_store, out, print_json
+from ._app import command, counted, json_option, open_store, out, print_json
 
 
 @command("validate")
@@ -38,7 +38,7 @@ def validate(ref: str, cls_name: str | None, text: str | None, as_json: bool, st
 
 def _print(report) -> None:
     c = report.compatibility
-    verdict = "[bold green]valid[/]" if report.ok else f"[bold red]INVALID[/] ({len(report.errors)} errors)"
+    verdict = "[bold green]valid[/]" if report.ok else f"[bold red]INVALID[/] ({counted(len(report.errors), 'error')})"
     out.print(f"{report.name} ({report.id[:12]}): {verdict}")
     rows = []
     if report.model_class:
