@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import make_tiny_bert
 
-from ckptstore import IncompleteCheckpoint, InvalidArgument, InvalidCheckpoint, Store
+from ckptstore import IncompleteCheckpoint, InvalidArgument, InvalidCheckpoint, NameChanged, Store
 
 IDS = torch.tensor([[2, 17, 33, 5, 64, 3]])
 
@@ -252,6 +252,28 @@ def test_a_broken_checkpoint_fails_alone(store, trainer_output, tmp_path, ckpt):
     assert result.code == 1
     assert "error: again/step-2: Incomplete checkpoint" in result.err
     assert "Imported 3 checkpoint(s) from trainer output (0 already stored, 1 failed)" in result.err
+
+
+def test_reimport_skips_unchanged_checkpoints_and_fails_on_a_changed_one(store, trainer_output, tmp_path):
+    """Training went on in the same output folder: the re-import must not call the old copy of a changed folder
+    'already stored' (it would look current); unchanged checkpoints are still skipped."""
+    out = tmp_path / "out"
+    shutil.copytree(trainer_output, out)
+    store.import_folder(out)
+    weights = out / "checkpoint-6" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    before = store.manifest("out/step-6")
+
+    again = store.import_folder(out)
+    assert [i.name for i in again.skipped] == ["out/step-2", "out/step-4", "out/final"]
+    assert [i.name for i in again.failed] == ["out/step-6"]
+    assert "has changed since it was imported (model.safetensors differ)" in again.failed[0].reason
+    assert store.manifest("out/step-6") == before  # nothing stored was touched
+
+    with pytest.raises(NameChanged, match="'out/step-6' is already stored, but"):
+        store.import_folder(out / "checkpoint-6", run="out")
 
 
 # -- Hugging Face hub cache -------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ EXPECTED_PUBLIC = {
     "InvalidCheckpoint",
     "InvalidName",
     "InvalidSafetensors",
+    "NameChanged",
     "NameExists",
     "OutOfMemory",
     "PolicyError",

@@ -3,7 +3,8 @@
 Each layout is recognised by what it holds (``checkpoint-N`` folders, a config beside weights, ``models--*``
 repos), then every checkpoint in it goes through the ordinary save path, so identical files, tensors and chunks
 dedupe with everything already stored. Legacy weight pickles are converted to safetensors on the way in
-(`_convert`). Importing twice is harmless: a name already stored is skipped with a note.
+(`_convert`). Importing twice is harmless: a name already stored with the same files is skipped with a note (a
+changed folder fails with NameChanged).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._convert import FolderConversion, convert_folder_pickles
-from ._ingest import CONFIG_FILES, _is_weight_file, check_folder, folder_sources
+from ._ingest import CONFIG_FILES, _is_weight_file, check_folder, folder_sources, ingest
 from ._names import MAX_NAME_LENGTH, check_run
-from .errors import InvalidArgument, InvalidCheckpoint, NameExists, SourceNotFound
+from ._objects import BlobHasher
+from .errors import InvalidArgument, InvalidCheckpoint, NameChanged, NameExists, SourceNotFound
 
 if TYPE_CHECKING:
     from .store import Store
@@ -210,20 +212,23 @@ class _Importer:
         metadata: dict[str, Any] | None = None,
         root_only: bool = False,
     ) -> str:
-        """Store one checkpoint folder as `name`; returns its id (the stored one when the name already exists)."""
+        """Store one checkpoint folder as `name`; returns its id. A name already stored is skipped when it holds
+        the same files; when the folder has changed since (training went on, weights were replaced), the import
+        of it fails rather than leave a stale copy that looks current."""
         existing = self.store.catalog.id_for_name(name)
-        if existing is not None:
-            self._skipped(name, folder, existing)
-            return existing
         files = check_folder(folder)
         if root_only:
             files = [(rel, full) for rel, full in files if "/" not in rel]
         config = _read_json(folder / "config.json")
         conv = FolderConversion() if self.keep_pickles else convert_folder_pickles(files, config)
-        self.notes.extend(f"{name}: {note}" for note in conv.notes)
         bytes_read = sum(full.stat().st_size for _, full in files)
         with folder_sources([(rel, full) for rel, full in files if rel not in conv.replaced]) as plain:
             sources = sorted(plain + conv.sources, key=lambda s: s.path)
+            if existing is not None:
+                self._check_unchanged(name, folder, existing, sources)
+                self._skipped(name, folder, existing)
+                return existing
+            self.notes.extend(f"{name}: {note}" for note in conv.notes)
             self.progress.start(name, sum(s.size for s in sources))
             try:
                 cid, stored = self.store._save_sources(
@@ -244,9 +249,21 @@ class _Importer:
         """`folder`, but a folder that is not a valid checkpoint fails alone; the others are still imported."""
         try:
             return self.folder(folder, name, **kwargs)
-        except InvalidCheckpoint as exc:
+        except (InvalidCheckpoint, NameChanged) as exc:
             self.items.append(ImportItem(name, "failed", str(folder), reason=exc.message))
             return None
+
+    def _check_unchanged(self, name: str, folder: Path, cid: str, sources: list) -> None:
+        hasher = BlobHasher()
+        try:
+            entries = ingest(sources, hasher, self.store.config.chunk_bytes)
+        finally:
+            hasher.close()
+        stored = {f.path: f.digest for f in self.store.manifest(cid).files}
+        changed = sorted(e.path for e in entries if stored.get(e.path) != e.digest)
+        changed += sorted(set(stored) - {e.path for e in entries})
+        if changed:
+            raise NameChanged(name, str(folder), changed)
 
     def _skipped(self, name: str, folder: Path, cid: str) -> None:
         self.items.append(ImportItem(name, "skipped", str(folder), cid, "already stored"))

@@ -162,6 +162,25 @@ class ObjectStore:
         self.path(digest).unlink(missing_ok=True)
 
 
+class BlobHasher:
+    """A BlobWriter that writes nothing: the BlobRefs a save would produce, to compare a folder with what is stored
+    (ingest gives it the same blobs it gives a writer, so equal files come out with equal digests)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ckpt-hash")
+
+    def put(self, data: bytes | memoryview) -> Future[BlobRef]:
+        return self._pool.submit(self._ref, data)
+
+    @staticmethod
+    def _ref(data: bytes | memoryview) -> BlobRef:
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        return BlobRef(hash_bytes(view), len(view))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class BlobWriter:
     """Writes the blobs of one save: hashing and writing run in worker threads (BLAKE3 and os.write release the
     GIL), blobs already stored are skipped, and nothing becomes visible before `commit`.

@@ -165,6 +165,19 @@ class NameExists(CkptError, FileExistsError):
         )
 
 
+class NameChanged(NameExists):
+    """An import found the name stored, but the folder no longer holds what was stored under it."""
+
+    def __init__(self, name: str, folder: str, changed: list[str]) -> None:
+        super().__init__(name)
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        self.message = (f"{name!r} is already stored, but {folder!r} has changed since it was imported"
+                        f" ({shown} differ).")
+        self.hint = (f"Import it under another run (--run NEW), or remove the stored one first ('ckpt rm {name}')"
+                     " if the old copy may go.")
+        self.args = (self.message,)
+
+
 class InvalidCheckpoint(CkptError, ValueError):
     def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
         self.path = path
