@@ -126,8 +126,13 @@ def test_convert_refuses_bad_requests(store, tmp_path, ckpt):
         store.convert("m/v1", to="onnx")
     with pytest.raises(InvalidArgument, match="Unknown dtype 'int3'"):
         store.convert("m/v1", dtype="int3")
-    with pytest.raises(InvalidArgument, match="Invalid shard size"):
-        store.convert("m/v1", max_shard_size="lots")
+    for bad in ("lots", "0", "-1GB"):
+        with pytest.raises(InvalidArgument, match="Invalid shard size"):
+            store.convert("m/v1", max_shard_size=bad)
+    from ckptstore._convert import parse_shard_size
+
+    # As transformers counts: GB are 10**9 bytes, GiB 2**30; a plain number is bytes.
+    assert [parse_shard_size(s) for s in ("2GB", "2GiB", "100000", 5)] == [2 * 10**9, 2 * 2**30, 100000, 5]
     store.convert("m/v1", dtype="bf16")
     with pytest.raises(NameExists):
         store.convert("m/v1", dtype="bf16")

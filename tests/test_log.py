@@ -60,7 +60,17 @@ def test_unknown_run_suggests_a_close_one(run_store, ckpt):
         run_log(run_store, "bret")
     assert exc.value.candidates == ("bert",)
     result = ckpt("log", "bret")
-    assert result.code == 1 and "Did you mean 'bert'?" in result.err and "hint:" in result.err
+    assert result.code == 1 and "Unknown run 'bret'. Did you mean 'bert'?" in result.err and "hint:" in result.err
+    # ls of an unknown run says so too, instead of printing an empty table.
+    listed = ckpt("ls", "bret")
+    assert listed.code == 1 and "Unknown run 'bret'. Did you mean 'bert'?" in listed.err and listed.out == ""
+
+
+def test_plot_to_a_path_it_cannot_write_is_a_usage_error(run_store, ckpt, tmp_path):
+    for path in (tmp_path / "no" / "such" / "dir" / "x.png", tmp_path / "curves.txt"):
+        result = ckpt("log", "bert", "--plot", str(path))
+        assert result.code == 2 and "Cannot write the plot to" in result.err, result.err
+        assert "report it" not in result.err and not path.exists()
 
 
 def test_plot_without_metrics_says_so(store, tiny_bert, ckpt, tmp_path):

@@ -114,9 +114,12 @@ def test_metric_that_no_checkpoint_has_is_reported(store):
     assert any("No checkpoint records the metric 'eval_f1'" in w and "eval_loss" in w for w in result.plan.warnings)
 
 
-def test_policy_that_would_delete_everything_is_refused():
+def test_policy_that_would_delete_everything_is_refused(store, ckpt):
     with pytest.raises(PolicyError, match="would delete every checkpoint"):
         RetentionPolicy(keep_last=0)
+    put(store, "bert", 1)
+    result = ckpt("policy", "bert", "--keep-last", "0", store=store.root)
+    assert result.code == 2 and "would delete every checkpoint" in result.err  # a bad argument: exit 2
 
 
 def test_prune_needs_a_policy_and_a_known_run(store):
@@ -186,12 +189,12 @@ def test_cli_policy_shows_sets_and_clears(store, ckpt):
     assert len(store.list("r")) == 3  # shown, not done
     data = json.loads(ckpt("policy", "r", "--json").out)
     assert data["policy"]["keep_last"] == 1 and data["best"] == {"metric": "eval_f1", "mode": "max"}
-    assert ckpt("policy", "r", "--keep-last", "0").code == 1
+    assert ckpt("policy", "r", "--keep-last", "0").code == 2
     assert ckpt("policy", "r", "--clear", "--keep-last", "2").code == 2
     assert ckpt("policy", "r", "--clear").code == 0
     assert Store.open(store.root).get_policy("r") is None
     assert ckpt("policy", "no/such").code == 2
-    assert ckpt("prune", "r").code == 1  # no policy any more
+    assert ckpt("prune", "r").code == 2  # no policy any more: the command needs one given
 
 
 def test_cli_checkout_refuses_a_checkpoint_without_training_state(store, ckpt, tmp_path):

@@ -236,14 +236,28 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def parse_shard_size(size: int | str | None) -> int | None:
-    if size is None or (isinstance(size, int) and size > 0):
+    """Bytes from 2GB (10**9 each, as transformers counts), 2GiB (2**30 each) or a plain number of bytes."""
+    if size is None or (isinstance(size, int) and not isinstance(size, bool) and size > 0):
         return size
     from huggingface_hub.serialization._base import parse_size_to_int
 
+    text = str(size).strip().upper()
+    binary = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
     try:
-        return parse_size_to_int(str(size).upper().replace("IB", "B"))
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+        for unit, factor in binary.items():
+            if text.endswith(unit):
+                value = float(text[: -len(unit)])
+                if value > 0:
+                    return int(value * factor)
+                break
+        else:
+            if (parsed := parse_size_to_int(text)) > 0:
+                return parsed
     except ValueError:
-        raise InvalidArgument(f"Invalid shard size {size!r}.", hint="Write it like 2GB, 500MB or a number of bytes.")
+        pass
+    raise InvalidArgument(f"Invalid shard size {size!r}.", hint="Write it like 2GB, 500MB, 1GiB or a number of bytes.")
 
 
 def convert_checkpoint(

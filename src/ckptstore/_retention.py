@@ -12,7 +12,6 @@ moves ``latest`` (highest step) and ``best`` (best value of the best metric) aft
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import _leases
 from ._backend import atomic_write_bytes
 from ._names import check_run
-from .errors import CheckpointNotFound, InvalidArgument, PolicyError
+from .errors import InvalidArgument, PolicyError
 from .policies import BestN, LatestN, RetentionPlan, RetentionPolicy
 
 if TYPE_CHECKING:
@@ -152,9 +151,7 @@ def register_run(store: "Store", run: str, *, metric: str | None = None, mode: s
 
 def _check_run_exists(store: "Store", run: str) -> None:
     _leases.refresh(store)
-    runs = store.runs()
-    if run not in runs:
-        raise CheckpointNotFound(run, tuple(difflib.get_close_matches(run, runs, n=3, cutoff=0.5)))
+    store.check_run(run)
 
 
 def prune(

@@ -6,11 +6,10 @@ keeps: a glance shows whether the kept checkpoints sit where the curves say they
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CheckpointNotFound, CkptError, InvalidArgument
+from .errors import CkptError, InvalidArgument
 
 if TYPE_CHECKING:
     from ._info import CheckpointInfo
@@ -21,11 +20,7 @@ MAX_PLOTTED_METRICS = 6
 
 def run_log(store: "Store", run: str) -> list["CheckpointInfo"]:
     """The run's checkpoints, oldest step first (checkpoints without a step last, by save time)."""
-    infos = store.list(run)
-    if not infos:
-        runs = store.runs()
-        close = tuple(difflib.get_close_matches(run, runs, n=3, cutoff=0.5))
-        raise CheckpointNotFound(run, close)
+    infos = store.list(run) or store.list(store.check_run(run))
     return sorted(infos, key=lambda c: (c.step is None, c.step or 0, c.created_at))
 
 
@@ -84,6 +79,13 @@ def plot_run(infos: list["CheckpointInfo"], path: str | Path, *, title: str) -> 
     fig.suptitle(f"{title}: {len(infos)} checkpoints")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except (OSError, ValueError) as exc:  # no such folder, not writable, a format matplotlib does not write
+        raise InvalidArgument(
+            f"Cannot write the plot to {str(path)!r}: {str(exc).splitlines()[0]}",
+            hint="Give a writable path ending in .png (or .pdf, .svg).",
+        ) from None
+    finally:
+        plt.close(fig)
     return path

@@ -137,8 +137,9 @@ class ReferenceError_(CkptError, LookupError):
 
 
 class CheckpointNotFound(ReferenceError_):
-    def __init__(self, ref: str, candidates: tuple[str, ...] = (), *, run: str | None = None) -> None:
-        message = f"Unknown reference {ref!r}."
+    def __init__(self, ref: str, candidates: tuple[str, ...] = (), *, run: str | None = None,
+                 kind: str = "reference") -> None:
+        message = f"Unknown {kind} {ref!r}."
         if candidates:
             message += " Did you mean " + " or ".join(repr(c) for c in candidates[:3]) + "?"
         listing = f"ckpt ls {run}" if run else "ckpt ls"
@@ -231,8 +232,8 @@ class OutOfMemory(CkptError, MemoryError):
     )
 
 
-class PolicyError(CkptError, ValueError):
-    pass
+class PolicyError(UsageError, ValueError):
+    """A retention setting that cannot be applied as given (exit code 2, as any bad argument)."""
 
 
 class ValidationFailed(CkptError):

@@ -337,6 +337,13 @@ class Store:
     def runs(self) -> list[str]:
         return self.catalog.runs()
 
+    def check_run(self, run: str) -> str:
+        """`run` if it has checkpoints; else CheckpointNotFound naming the closest runs."""
+        runs = self.runs()
+        if run not in runs:
+            raise CheckpointNotFound(run, tuple(difflib.get_close_matches(run, runs, n=3, cutoff=0.5)), kind="run")
+        return run
+
     def lineage(self, ref: str) -> list[CheckpointInfo | str]:
         """The checkpoint, its parent, grandparent, ...; an id string where an ancestor has been deleted."""
         chain: list[CheckpointInfo | str] = []

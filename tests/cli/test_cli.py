@@ -89,7 +89,7 @@ def test_ls(ckpt, two):
     assert lines[0].split() == ["NAME", "ID", "CREATED", "STEP", "SIZE", "TAGS", "METRICS"]
     assert lines[1].split()[0] == "tiny/step-2" and lines[2].split()[0] == "tiny/step-1"
     assert "v1" in lines[2] and "eval_loss=0.5" in lines[2] and two[0]["id"][:12] in lines[2]
-    assert _json(ckpt("ls", "nothing-here", "--json")) == []
+    assert ckpt("ls", "nothing-here", "--json").code == 1  # an unknown run is an error, not an empty list
     assert [c["name"] for c in _json(ckpt("ls", "tiny", "--json"))] == ["tiny/step-2", "tiny/step-1"]
 
 

@@ -20,6 +20,8 @@ def ls(run: str | None, as_json: bool, store_path: str | None) -> None:
     """
     store = open_store(store_path)
     infos = store.list(run)
+    if run is not None and not infos:
+        store.check_run(run)  # a typo gets "Unknown run, did you mean", not an empty table
     if as_json:
         print_json([i.to_json() for i in infos])
         return

@@ -82,7 +82,7 @@ def policy(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, clear
       ckpt policy bert-sst2 --keep-last 3 --keep-best 1 --metric eval_loss
       ckpt policy bert-sst2 --keep-every 1000 --max-bytes 50GB
       ckpt policy bert-sst2 --clear
-    Exit codes: 0 ok, 1 failure (invalid policy), 2 usage error.
+    Exit codes: 0 ok, 1 failure, 2 usage error (an invalid policy).
     """
     store = open_store(store_path)
     new = policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_bytes)

@@ -26,7 +26,7 @@ def prune(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, dry_ru
       ckpt prune bert-sst2 --dry-run
       ckpt prune bert-sst2 --keep-last 2 --keep-best 1 --metric eval_accuracy --mode max
       ckpt prune bert-sst2 --keep-every 1000 --json
-    Exit codes: 0 ok, 1 failure (no policy, unknown run), 2 usage error.
+    Exit codes: 0 ok, 1 failure (unknown run), 2 usage error (no policy given or set, an invalid one).
     """
     store = open_store(store_path)
     policy = policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_bytes)
