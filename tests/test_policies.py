@@ -128,6 +128,15 @@ def test_best_n_ties_go_to_the_checkpoint_that_reached_the_value_first() -> None
     assert kept_names(BestN(2), cps) == {"bert/step-100", "bert/step-200"}
 
 
+def test_mode_defaults_as_trainers_greater_is_better() -> None:
+    """min for a metric ending in 'loss', max for any other (accuracy, f1): keeping the 'best' by lowest accuracy
+    would delete the checkpoints a user most wants."""
+    assert RetentionPolicy(keep_best=1).mode == "min"
+    assert RetentionPolicy(keep_best=1, metric="eval_accuracy").mode == "max"
+    assert RetentionPolicy(keep_best=1, metric="eval_accuracy", mode="min").mode == "min"
+    assert RetentionPolicy.from_json({"keep_best": 2, "metric": "f1"}).mode == "max"
+
+
 def test_best_n_words() -> None:
     assert str(BestN(2, "eval_loss", "min")) == "the best 2 by eval_loss (lower is better)"
     assert str(BestN(1, "accuracy", "max")) == "the best by accuracy (higher is better)"

@@ -28,7 +28,7 @@ from ._names import check_run
 from ._resume import MANAGER_STATE
 from ._safetensors import ST_TO_TORCH
 from .errors import CheckpointNotFound, CkptError, IncompleteCheckpoint, InvalidArgument, NameExists, StoreLocked
-from .policies import LatestN, RetentionPolicy
+from .policies import LatestN, RetentionPolicy, default_mode
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,14 @@ class CheckpointManager:
         async_save: bool = False,
         *,
         metric: str | None = None,
-        mode: str = "min",
+        mode: str | None = None,
         gc: bool = True,
     ) -> None:
         self.store = store if isinstance(store, Store) else Store.open(store, create=True)
         self.run = check_run(run)
         if policy is not None:
             self.store.set_policy(self.run, policy)
-        _retention.register_run(self.store, self.run, metric=metric, mode=mode)
+        _retention.register_run(self.store, self.run, metric=metric, mode=mode or default_mode(metric))
         self.gc = gc
         self._saver = AsyncSaver(f"ckptstore-save {self.run}") if async_save else None
         self._staging = Staging() if async_save else None

@@ -103,6 +103,11 @@ def _check_metric_and_mode(owner: str, metric: object, mode: object) -> None:
         )
 
 
+def default_mode(metric: str | None) -> str:
+    """'min' for a metric whose name ends in 'loss', else 'max': Trainer's default for greater_is_better."""
+    return "min" if metric is None or metric.endswith("loss") else "max"
+
+
 def _better(mode: str) -> str:
     return "lower is better" if mode == "min" else "higher is better"
 
@@ -366,12 +371,14 @@ class RetentionPolicy:
     keep_last: int | None = None
     keep_best: int | None = None
     metric: str | None = "eval_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = None  # None: as Trainer's greater_is_better, min for a *loss metric, else max
     keep_every: int | None = None
     max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         owner = "RetentionPolicy"
+        if self.mode is None:
+            object.__setattr__(self, "mode", default_mode(self.metric))
         if self.keep_last is not None:
             _check_count(owner, "keep_last", self.keep_last, minimum=0, hint="Use keep_last=3 to keep the last 3.")
         if self.keep_best is not None:

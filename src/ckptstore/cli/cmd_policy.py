@@ -30,7 +30,8 @@ def policy_options(f: Callable) -> Callable:
         click.option("--keep-last", type=int, metavar="N", help="Keep the N checkpoints with the highest steps."),
         click.option("--keep-best", type=int, metavar="K", help="Keep the K best checkpoints by --metric."),
         click.option("--metric", metavar="M", help="Metric for --keep-best and RUN:best (default: eval_loss)."),
-        click.option("--mode", type=click.Choice(["min", "max"]), help="min: lower is better (default); max: higher."),
+        click.option("--mode", type=click.Choice(["min", "max"]),
+                     help="min: lower is better; max: higher (default, as Trainer: min for a metric ending in 'loss')."),
         click.option("--keep-every", type=int, metavar="S", help="Keep checkpoints whose step is a multiple of S."),
         click.option("--max-bytes", metavar="SIZE", help="Then remove the oldest unprotected until the rest fit."),
     ]):
@@ -43,7 +44,7 @@ def policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_byte
     if all(v is None for v in (keep_last, keep_best, metric, mode, keep_every, max_bytes)):
         return None
     return RetentionPolicy(
-        keep_last=keep_last, keep_best=keep_best, metric=metric or "eval_loss", mode=mode or "min",
+        keep_last=keep_last, keep_best=keep_best, metric=metric or "eval_loss", mode=mode,
         keep_every=keep_every, max_bytes=parse_bytes(max_bytes),
     )
 
