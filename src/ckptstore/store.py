@@ -573,9 +573,11 @@ class Store:
         return _load.read_file_bytes(self.objects, entry, verify=verify)
 
     def load(self, ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
-        """Load the checkpoint through `cls.from_pretrained` (default AutoModel); every keyword (dtype, device_map,
-        low_cpu_mem_usage, ...) is passed through. Safetensors weights are mapped straight from the blobs; other
-        cases go through a temporary folder."""
+        """Load the checkpoint through `cls.from_pretrained`; every keyword (dtype, device_map, low_cpu_mem_usage,
+        num_labels, ...) is passed through. `cls` defaults to the class the checkpoint was saved from (config
+        "architectures", e.g. BertForSequenceClassification), AutoModel when transformers does not know it; give
+        AutoModel for the bare encoder. Safetensors weights are mapped straight from the blobs; other cases go
+        through a temporary folder."""
         from ._modelload import load_model
 
         return load_model(self, ref, cls, verify=verify, materialize=materialize, **kwargs)
