@@ -254,6 +254,23 @@ def test_a_broken_checkpoint_fails_alone(store, trainer_output, tmp_path, ckpt):
     assert "Imported 3 checkpoint(s) from trainer output (0 already stored, 1 failed)" in result.err
 
 
+def test_save_of_a_trainer_checkpoint_takes_its_step_and_metrics_and_refuses_the_output_folder(
+    store, trainer_output, ckpt, tmp_path
+):
+    """`ckpt save out/checkpoint-4 NAME`: step and eval metrics come from its trainer_state.json, as import takes
+    them (given ones win). The output folder itself is a run, not a checkpoint: refused, nothing stored."""
+    info = store.save(trainer_output / "checkpoint-4", "sst2/final")
+    assert info.step == 4 and info.metrics == {"eval_loss": EVAL_LOSS[4], "eval_accuracy": 0.5 + 4 / 100}
+    given = store.save(trainer_output / "checkpoint-4", "sst2/mine", step=40, metrics={"acc": 1.0})
+    assert given.step == 40 and given.metrics == {"acc": 1.0}
+
+    with pytest.raises(InvalidCheckpoint, match="is a Trainer output folder holding 3 checkpoint folders"):
+        store.save(trainer_output, "sst2/everything")
+    result = ckpt("save", trainer_output, "sst2/everything", store=tmp_path / "fresh")
+    assert result.code == 1 and "ckpt import" in result.err
+    assert not (tmp_path / "fresh").exists()  # the store a failed save would have created is not left behind
+
+
 def test_reimport_skips_unchanged_checkpoints_and_fails_on_a_changed_one(store, trainer_output, tmp_path):
     """Training went on in the same output folder: the re-import must not call the old copy of a changed folder
     'already stored' (it would look current); unchanged checkpoints are still skipped."""

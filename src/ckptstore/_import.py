@@ -162,6 +162,31 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def trainer_state_facts(folder: Path) -> tuple[int | None, dict[str, float]]:
+    """The step and the eval metrics a Trainer checkpoint folder records in its trainer_state.json ((None, {})
+    without one): what `save` of a checkpoint-N folder takes when it is not told them."""
+    state = _read_json(folder / "trainer_state.json")
+    step = state.get("global_step") if state else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return None, {}
+    return step, eval_metrics(state, step)
+
+
+def refuse_trainer_output(folder: Path) -> None:
+    """A Trainer output_dir (it holds checkpoint-N folders) is a run, not one checkpoint: `save` refuses it."""
+    subs = sorted((d.name for d in folder.iterdir() if d.is_dir() and CHECKPOINT_DIR.fullmatch(d.name)),
+                  key=lambda n: int(n.split("-")[1]))
+    if subs:
+        shown = ", ".join(subs[:3]) + (", ..." if len(subs) > 3 else "")
+        raise InvalidCheckpoint(
+            f"Not saving {str(folder)!r} as one checkpoint: it is a Trainer output folder holding {len(subs)}"
+            f" checkpoint folders ({shown}).",
+            path=str(folder),
+            hint=f"Save one of them (ckpt save {folder / subs[-1]} NAME), or import them all as a run with their"
+            f" metrics: ckpt import {folder}",
+        )
+
+
 def detect(path: Path) -> str:
     """Which layout `path` holds (see ImportReport.kind); a clear error when none."""
     if not path.exists():

@@ -387,11 +387,20 @@ class Store:
         tags = (tags,) if isinstance(tags, str) else tuple(tags)  # tags="prod" is one tag, not four
         for tag in tags:
             check_tag(tag, allow_reserved=True)
+        if step is None:
+            step = step_from_name(name)
+        if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
+            from ._import import refuse_trainer_output, trainer_state_facts
+
+            refuse_trainer_output(Path(src))
+            state_step, state_metrics = trainer_state_facts(Path(src))  # a Trainer checkpoint-N folder
+            if step is None:
+                step = state_step
+            if metrics is None and state_step is not None and state_step == step:
+                metrics = state_metrics
         clean_metrics = _check_metrics(metrics)
         _check_metadata(metadata)
         parent_id = self.resolve(parent) if parent else None
-        if step is None:
-            step = step_from_name(name)
         if self.catalog.id_for_name(name) is not None:
             raise NameExists(name)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from .._import import refuse_trainer_output
 from .._ingest import check_folder, folder_sources, walk_folder
 from .._names import check_name, check_tag
 from ..errors import InvalidArgument, StoreNotFound
@@ -64,6 +65,7 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
             check_tag(t)
         with folder_sources(check_folder(Path(src))):
             pass
+        refuse_trainer_output(Path(src))
         store = open_store(store_path, create=True)
 
     # The files the save will read (same walk as the store's), for the progress bar's total.
