@@ -354,6 +354,32 @@ def test_hub_cache_snapshots_are_imported_by_repo_and_revision(store, hub_cache,
         store.import_folder(hub_cache, run="x")
 
 
+def test_a_damaged_hub_snapshot_fails_alone(store, hub_cache):
+    """A snapshot with a broken link (an unfinished download) makes huggingface_hub's scanner drop the whole repo
+    with a warning; the import still brings in the repo's intact snapshots and its refs, and fails the damaged one."""
+    repo = hub_cache / "models--sentence-transformers--all-MiniLM-L6-v2"
+    broken = repo / "snapshots" / ("c" * 40)
+    broken.mkdir()
+    (broken / "config.json").symlink_to(next((repo / "snapshots" / ("a" * 40)).glob("config.json")).resolve())
+    (broken / "model.safetensors").symlink_to("../../blobs/" + "0" * 64)
+
+    report = store.import_hf_cache(hub_cache)
+    run = "sentence-transformers--all-MiniLM-L6-v2"
+    assert sorted(i.name for i in report.added) == sorted(
+        [f"{run}/rev-{'1' * 12}", f"{run}/rev-{'a' * 12}", f"someone--old-bert/rev-{'b' * 12}"])
+    assert [i.name for i in report.failed] == [f"{run}/rev-{'c' * 12}"]
+    assert "model.safetensors is a broken link" in report.failed[0].reason
+    assert store.resolve(f"{run}:main") == store.resolve(f"{run}/rev-{'a' * 12}")
+
+
+def test_a_folder_with_a_broken_link_is_not_saved_without_the_file(store, tiny_bert_dir):
+    (tiny_bert_dir / "model.safetensors").rename(tiny_bert_dir / "elsewhere.bin")
+    (tiny_bert_dir / "model.safetensors").symlink_to(tiny_bert_dir / "gone.safetensors")
+    with pytest.raises(IncompleteCheckpoint, match="model.safetensors is a broken link"):
+        store.save(tiny_bert_dir, "m/step-1")
+    assert store.list() == []
+
+
 def test_missing_hub_cache_is_a_usage_error(store, tmp_path, ckpt):
     result = ckpt("import", "--hf-cache", tmp_path / "nowhere")
     assert result.code == 2 and "No Hugging Face cache at" in result.err

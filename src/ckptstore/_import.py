@@ -392,15 +392,38 @@ def import_hf_cache(
         ) from None
     imp = _Importer(store, keep_pickles, progress or _Silent())
     imp.notes.extend(f"cache: {w}" for w in info.warnings)
+    revisions: list[tuple[str, Path, str, tuple[str, ...], float]] = []  # repo id, snapshot, commit, refs, mtime
     for repo in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
         if repo.repo_type != "model":
             imp.notes.append(f"{repo.repo_type} {repo.repo_id}: not a model, skipped")
             continue
-        run = safe_segment(repo.repo_id.replace("/", "--"))
-        for rev in sorted(repo.revisions, key=lambda r: (r.last_modified, r.commit_hash)):
-            source = {"kind": "hf cache", "repo_id": repo.repo_id, "revision": rev.commit_hash, "refs": sorted(rev.refs)}
-            cid = imp.guarded(rev.snapshot_path, f"{run}/rev-{rev.commit_hash[:12]}", metadata={"import": source})
-            if cid is not None:
-                for ref in sorted(rev.refs):
-                    imp.tag(cid, run, safe_segment(ref.replace("/", "-"), fallback="ref"))
+        revisions += [(repo.repo_id, r.snapshot_path, r.commit_hash, tuple(sorted(r.refs)), r.last_modified)
+                      for r in repo.revisions]
+    # huggingface_hub's scanner drops a whole repo when one snapshot is damaged (a broken link of an unfinished
+    # download) and only warns; read those repos' snapshots directly, so the damaged one fails alone.
+    scanned = {f"models--{repo.repo_id.replace('/', '--')}" for repo in info.repos}
+    for repo_dir in sorted(cache.glob("models--*")):
+        if repo_dir.name not in scanned and (repo_dir / "snapshots").is_dir():
+            revisions += _snapshots_read_directly(repo_dir)
+    for repo_id, snapshot, commit, refs, _ in sorted(revisions, key=lambda r: (r[0], r[4], r[2])):
+        run = safe_segment(repo_id.replace("/", "--"))
+        source = {"kind": "hf cache", "repo_id": repo_id, "revision": commit, "refs": list(refs)}
+        cid = imp.guarded(snapshot, f"{run}/rev-{commit[:12]}", metadata={"import": source})
+        if cid is not None:
+            for ref in refs:
+                imp.tag(cid, run, safe_segment(ref.replace("/", "-"), fallback="ref"))
     return imp.report("hf cache", cache)
+
+
+def _snapshots_read_directly(repo_dir: Path) -> list[tuple[str, Path, str, tuple[str, ...], float]]:
+    """The snapshots of one cached model repo, read from its folders as huggingface_hub lays them out."""
+    repo_id = repo_dir.name.removeprefix("models--").replace("--", "/")
+    refs: dict[str, list[str]] = {}
+    for ref_file in sorted(p for p in (repo_dir / "refs").rglob("*") if p.is_file()):
+        commit = ref_file.read_text().strip()
+        refs.setdefault(commit, []).append(ref_file.relative_to(repo_dir / "refs").as_posix())
+    return [
+        (repo_id, snap, snap.name, tuple(sorted(refs.get(snap.name, ()))), snap.stat().st_mtime)
+        for snap in sorted((repo_dir / "snapshots").iterdir())
+        if snap.is_dir()
+    ]

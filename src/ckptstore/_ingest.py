@@ -61,7 +61,17 @@ def walk_folder(src: Path) -> list[tuple[str, Path]]:
         for fn in sorted(filenames):
             full = Path(dirpath) / fn
             if not full.is_file():
-                continue  # sockets, dangling links
+                if full.is_symlink() and not full.exists():
+                    # A hub snapshot whose download never finished: saving the folder without the file would
+                    # store a checkpoint that silently lacks it.
+                    raise IncompleteCheckpoint(
+                        f"Incomplete checkpoint in {str(src)!r}: {full.relative_to(src).as_posix()} is a broken link"
+                        f" (to {os.readlink(full)!r}).",
+                        path=str(src),
+                        hint="Download the file again (for a hub cache: huggingface-cli download REPO), or remove"
+                        " the link.",
+                    )
+                continue  # sockets, fifos
             rel = full.relative_to(src).as_posix()
             out.append((rel, full))
     return out
