@@ -182,6 +182,30 @@ def test_resuming_from_an_earlier_checkpoint_stores_the_new_steps_beside_the_old
     assert store.info("full/step-8.1").parent == store.resolve("full/step-6.1")
 
 
+@pytest.mark.slow
+def test_resumed_elsewhere_load_best_model_at_end_ends_on_the_uninterrupted_runs_best(tmp_path, ckpt):
+    """Resumed on another machine, the best checkpoint's folder is gone and Trainer forgets its best; the callback
+    writes it back from the store, so the run ends on the same best model as a run never interrupted."""
+    import shutil
+
+    settings = dict(metric_for_best_model="eval_loss", greater_is_better=True, load_best_model_at_end=True)
+    full = make_trainer(tmp_path / "full", [], **settings)
+    full.train()
+    best_step = _step_of_folder(full.state.best_model_checkpoint)
+    assert best_step < MAX_STEPS  # else the test could not tell the best from the last
+    best = {k: v.clone() for k, v in full.model.state_dict().items()}
+
+    store = Store.init(tmp_path / "store")
+    make_trainer(tmp_path / "a", [CheckpointCallback(store, "run"), StopAt(HALF)], **settings).train()
+    shutil.rmtree(tmp_path / "a")  # the first machine's disk is gone
+    assert ckpt("checkout", "run:latest", tmp_path / "resume", store=store.root).code == 0
+    resumed = make_trainer(tmp_path / "b", [CheckpointCallback(store, "run")], init_seed=5, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resume"))
+    assert resumed.state.best_model_checkpoint == str(tmp_path / "b" / f"checkpoint-{best_step}")
+    for name, tensor in best.items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
 def test_checkout_says_when_a_checkpoint_has_no_optimizer_state(tmp_path, ckpt):
     store = Store.init(tmp_path / "store")
     trainer = make_trainer(tmp_path / "out", [CheckpointCallback(store, "weights")], max_steps=2,

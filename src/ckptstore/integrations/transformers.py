@@ -103,6 +103,7 @@ class CheckpointCallback(TrainerCallback):
             # Resumed: lineage goes on from the stored checkpoint of that step (the newest, if tried more than once).
             here = [c for c in self.store.list(self.run) if c.step == state.global_step]
             self._resumed_from = here[0].id if here else None
+            self._bring_back_best(args, state)
         metric = args.metric_for_best_model
         if metric:
             metric = metric if metric.startswith("eval_") else f"eval_{metric}"
@@ -152,6 +153,28 @@ class CheckpointCallback(TrainerCallback):
             self._cleanup_local(args, state)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
+    def _bring_back_best(self, args, state) -> None:
+        """Resumed where the best checkpoint's folder is gone (another machine, a cleaned disk, keep_local), Trainer
+        forgets its best and load_best_model_at_end would end on a worse model than the uninterrupted run. Write
+        the best back from the store, where Trainer's state says it was, and point the state at it again."""
+        if not (args.load_best_model_at_end and args.metric_for_best_model and state.best_metric is not None):
+            return
+        if state.best_model_checkpoint is not None and Path(state.best_model_checkpoint).is_dir():
+            return
+        metric = args.metric_for_best_model
+        metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        reached = [c for c in self.store.list(self.run)
+                   if c.step is not None and c.step <= state.global_step and c.metrics.get(metric) == state.best_metric]
+        if not reached:
+            return
+        best = min(reached, key=lambda c: (c.step, c.created_at))  # the first to reach it, as Trainer decides
+        folder = Path(args.output_dir) / f"checkpoint-{best.step}"
+        if not folder.exists():
+            self.store.export(best.id, folder)
+        state.best_model_checkpoint = str(folder)
+        self._stored[folder] = best.id
+        log.info("Wrote the best checkpoint %s back to %s for load_best_model_at_end", best.name, folder)
+
     def _save(self, store: Store, folder: Path, name: str, kwargs: dict[str, Any]) -> CheckpointInfo:
         parent = self.last_saved.id if self.last_saved is not None else self._resumed_from
         info = save_after(store, folder, name, self.run, parent, **kwargs)
