@@ -13,6 +13,7 @@ from ckptstore import (
     CheckpointInfo,
     CheckpointNotFound,
     CkptError,
+    DestinationNotEmpty,
     InvalidArgument,
     InvalidName,
     NameExists,
@@ -173,6 +174,21 @@ def test_metadata_json_cannot_hold_is_refused_before_anything_is_written(store, 
     with pytest.raises(InvalidArgument, match="metadata cannot be stored as JSON"):
         store.save(tiny_bert_dir, "m/step-1", metadata={"optimizer": object()})
     assert store.list() == [] and store.du().stored_bytes == 0
+
+
+def test_bad_steps_and_sources_are_refused_with_a_hint(store, tiny_bert_dir, tmp_path):
+    for step in (-5, 1.5, True):
+        with pytest.raises(InvalidArgument, match="step must be a whole number") as info:
+            store.save(tiny_bert_dir, "s/x", step=step)
+        assert info.value.hint
+    with pytest.raises(InvalidArgument, match="Cannot save a int") as info:
+        store.save(123, "s/x")
+    assert info.value.hint
+    assert store.list() == []
+    store.save(tiny_bert_dir, "s/ok")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DestinationNotEmpty, match="is a file, not a folder"):
+        store.export("s/ok", tmp_path / "a-file")
 
 
 def test_a_single_tag_string_is_one_tag(store, tiny_bert_dir):

@@ -65,7 +65,8 @@ def capture_model(model: Any, tokenizer: Any = None, *, max_shard_size: int | st
             state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
             return [tensors_source(SAFE_WEIGHTS_NAME, state, {"format": "pt"})]
         raise InvalidArgument(
-            f"Cannot save a {type(model).__name__}: give a folder path, a transformers PreTrainedModel or a torch module."
+            f"Cannot save a {type(model).__name__}: give a folder path, a transformers PreTrainedModel or a torch module.",
+            hint="store.save('./out/checkpoint-500', NAME) for a folder; store.save(model, NAME) for a live model.",
         )
     if getattr(model, "_hf_peft_config_loaded", False) or getattr(model, "hf_quantizer", None) is not None:
         raise InvalidArgument(

@@ -158,7 +158,7 @@ def check_destination(dest: Path) -> bool:
     """Refuse a destination with files in it; return whether the folder already existed."""
     if dest.exists():
         if not dest.is_dir():
-            raise DestinationNotEmpty(str(dest))
+            raise DestinationNotEmpty(str(dest), is_file=True)
         if any(dest.iterdir()):
             raise DestinationNotEmpty(str(dest))
         return True

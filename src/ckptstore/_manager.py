@@ -213,7 +213,8 @@ class CheckpointManager:
         Returns the stored record; with async_save, None (the save finishes in the background: see `wait`).
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise InvalidArgument(f"step must be a whole number >= 0, got {step!r}.")
+            raise InvalidArgument(f"step must be a whole number >= 0, got {step!r}.",
+                                  hint="Pass the training step the state is at, e.g. manager.save(500, model, ...).")
         if self._saver is not None:
             self._saver.wait()  # the previous save's error surfaces here, before anything new is attempted
         name = self.name_for(step)

@@ -107,11 +107,10 @@ class SourceNotFound(UsageError, FileNotFoundError):
 
 
 class DestinationNotEmpty(UsageError, FileExistsError):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, is_file: bool = False) -> None:
         self.path = path
-        super().__init__(
-            f"Destination {path!r} is not empty.", hint="Choose a new or empty folder; nothing was written."
-        )
+        what = "is a file, not a folder" if is_file else "is not empty"
+        super().__init__(f"Destination {path!r} {what}.", hint="Choose a new or empty folder; nothing was written.")
 
 
 class StoreNotFound(CkptError, FileNotFoundError):

@@ -387,6 +387,9 @@ class Store:
         tags = (tags,) if isinstance(tags, str) else tuple(tags)  # tags="prod" is one tag, not four
         for tag in tags:
             check_tag(tag, allow_reserved=True)
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise InvalidArgument(f"step must be a whole number >= 0, got {step!r}.",
+                                  hint="The training step the checkpoint was saved at, e.g. step=500.")
         if step is None:
             step = step_from_name(name)
         if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():

@@ -153,8 +153,8 @@ def test_export_into_a_non_empty_folder(ckpt, stored, tmp_path):
     (dest / "keep.txt").write_text("mine")
     _assert_one_line_error(ckpt("export", "tiny/step-1", dest), 2, "not empty", str(dest))
     assert [p.name for p in dest.iterdir()] == ["keep.txt"] and (dest / "keep.txt").read_text() == "mine"
-    # A file in the way is refused the same way.
-    _assert_one_line_error(ckpt("export", "tiny/step-1", dest / "keep.txt"), 2, "not empty")
+    # A file in the way is refused as what it is.
+    _assert_one_line_error(ckpt("export", "tiny/step-1", dest / "keep.txt"), 2, "is a file, not a folder")
 
 
 def test_read_commands_without_a_store(ckpt, tmp_path):

@@ -40,7 +40,8 @@ def _pairs(values: tuple[str, ...], what: str, *, numeric: bool) -> dict:
 @click.option("--metric", "metrics", multiple=True, metavar="K=V", help="A metric, e.g. eval_loss=0.31 (repeatable).")
 @click.option("--meta", "meta", multiple=True, metavar="K=V", help="Metadata (JSON values allowed; repeatable).")
 @click.option("--parent", metavar="REF", help="The checkpoint this one derives from.")
-@click.option("--step", type=int, help="Training step (default: from a NAME such as run/step-500).")
+@click.option("--step", type=click.IntRange(min=0), help="Training step (default: from a NAME such as run/step-500,"
+              " or a Trainer checkpoint's trainer_state.json).")
 @click.option("-m", "--message", help="A note to keep with the checkpoint.")
 @json_option
 def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_path) -> None:
