@@ -39,6 +39,20 @@ def test_real_minilm_passes_with_its_tokenizer(store, minilm_dir):
     assert report.compatibility.saved_with == "4.8.2"  # MiniLM's config records the version that saved it
 
 
+def test_a_tokenizer_larger_than_the_embedding_is_named(store, tiny_bert, minilm_dir):
+    """A small-vocabulary model saved with a 30,522-token tokenizer: the forward pass fails with torch's 'index
+    out of range in self'; validate says which two things disagree."""
+    from transformers import AutoTokenizer
+
+    model = tiny_bert()
+    store.save(model, "mix/step-1", tokenizer=AutoTokenizer.from_pretrained(minilm_dir))
+    report = store.validate("mix/step-1", text="Checkpoints belong in a store.")
+    assert not report.ok
+    message = report.errors[0].message
+    assert "the tokenizer has 30,522 tokens but the model's embedding only" in message, message
+    assert f"{model.config.vocab_size:,}" in message and "resize_token_embeddings" in report.errors[0].hint
+
+
 def test_nan_and_inf_fail_naming_the_tensors(store, tiny_bert, ckpt):
     model = tiny_bert()
     with torch.no_grad():

@@ -315,8 +315,16 @@ class _Checker:
             with torch.inference_mode():
                 out = model(**inputs)
         except Exception as exc:  # noqa: BLE001 - a model that cannot run is the finding
-            self.error(f"forward pass failed: {_first_line(exc)}",
-                       "Check the config against the weights and the --cls; run with --debug in Python to see more.")
+            vocab = getattr(model.config, "vocab_size", None)
+            if tokenizer is not None and isinstance(vocab, int) and len(tokenizer) > vocab:
+                self.error(f"forward pass failed: the tokenizer has {len(tokenizer):,} tokens but the model's"
+                           f" embedding only {vocab:,} ({_first_line(exc)})",
+                           "Save the tokenizer the model was trained with, or resize the embeddings"
+                           " (model.resize_token_embeddings(len(tokenizer))) and save again.")
+            else:
+                self.error(f"forward pass failed: {_first_line(exc)}",
+                           "Check the config against the weights and the --cls; store.validate(ref) in Python, then"
+                           " store.load(ref) and call the model, shows the full error.")
             return
         self.fields["input_kind"] = kind
         tensors = [(n, t) for n, t in _output_tensors(out) if t.is_floating_point()]
