@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 # Timing figures Trainer logs beside each evaluation: they describe the machine, not the model.
-_TIMING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
+_TIMING_SUFFIXES = ("_runtime", "_per_second", "_flos")
 
 
 class ImportProgress(Protocol):
@@ -121,22 +121,27 @@ def safe_segment(text: str, fallback: str = "import") -> str:
     return out if out not in ("", ".", "..") else fallback
 
 
-def eval_metrics(state: dict[str, Any] | None, step: int) -> dict[str, float]:
-    """The evaluation metrics Trainer logged at `step` (from trainer_state.json's log_history)."""
-    out: dict[str, float] = {}
-    for entry in (state or {}).get("log_history") or ():
+def metrics_at_step(log_history: list[dict[str, Any]] | None, step: int) -> dict[str, Any]:
+    """The eval metrics (and training loss) Trainer logged at `step`, as logged. Metrics from an earlier
+    evaluation are not this checkpoint's: attaching them could make a worse checkpoint look best. Speed figures
+    (runtime, samples per second, flos) are not model quality and are left out."""
+    out: dict[str, Any] = {}
+    for entry in log_history or ():
         if not isinstance(entry, dict) or entry.get("step") != step:
             continue
         for key, value in entry.items():
-            if (
-                key.startswith("eval_")
-                and not key.endswith(_TIMING_SUFFIXES)
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                out[key] = float(value)
+            if (key.startswith("eval_") and not key.endswith(_TIMING_SUFFIXES)) or key == "loss":
+                out[key] = value
     return out
+
+
+def eval_metrics(state: dict[str, Any] | None, step: int) -> dict[str, float]:
+    """The finite eval metrics of trainer_state.json's log_history at `step`, as import records them."""
+    return {
+        key: float(value)
+        for key, value in metrics_at_step((state or {}).get("log_history"), step).items()
+        if key != "loss" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def default_hf_cache() -> Path:

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from .. import _leases, _retention
 from .._async import AsyncSaver
+from .._import import metrics_at_step
 from .._info import CheckpointInfo
 from .._manager import name_after_rollback, save_after, split_metrics
 from .._names import check_run
@@ -38,25 +39,8 @@ __all__ = ["CheckpointCallback", "checkout"]
 log = logging.getLogger(__name__)
 
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-# Speed figures, not model quality: they would only clutter `ckpt ls`.
-_NOT_METRICS = ("_runtime", "_per_second", "_flos")
 # Files up to this size are copied into the async staging folder, larger ones hard-linked (see _stage).
 _COPY_BELOW = 1 << 20
-
-
-def metrics_at_step(log_history: list[dict[str, Any]], step: int) -> dict[str, Any]:
-    """The eval metrics (and training loss) logged at `step`. Metrics from an earlier evaluation are not this
-    checkpoint's: attaching them could make a worse checkpoint look best."""
-    out: dict[str, Any] = {}
-    for entry in log_history:
-        if entry.get("step") != step:
-            continue
-        for key, value in entry.items():
-            if key.startswith("eval_") and not key.endswith(_NOT_METRICS):
-                out[key] = value
-            elif key == "loss":
-                out["loss"] = value
-    return out
 
 
 class CheckpointCallback(TrainerCallback):
