@@ -114,6 +114,27 @@ def test_metric_that_no_checkpoint_has_is_reported(store):
     assert any("No checkpoint records the metric 'eval_f1'" in w and "eval_loss" in w for w in result.plan.warnings)
 
 
+def test_the_runs_best_is_never_pruned_whatever_the_rules(store):
+    """keep_last alone, or keep_best ranking by another metric than the one RUN:best follows (Trainer's
+    metric_for_best_model), must not lose the best checkpoint."""
+    from ckptstore import _retention
+
+    for step, loss in ((1, 0.9), (2, 0.1), (3, 0.5), (4, 0.7)):
+        put(store, "a", step, {"eval_loss": loss})
+    result = store.prune("a", RetentionPolicy(keep_last=1))
+    assert sorted(c.step for c in store.list("a")) == [2, 4]
+    assert [d.reasons for d in result.plan.keep if d.checkpoint.step == 2] == [
+        ("the run's best by eval_loss (lower is better)",)]
+    assert store.info("a:best").step == 2
+
+    _retention.register_run(store, "b", metric="eval_acc", mode="max")
+    store.set_policy("b", RetentionPolicy(keep_last=1, keep_best=1))  # keep_best by eval_loss, the default
+    for step, loss, acc in ((1, 0.2, 0.9), (2, 0.1, 0.5), (3, 0.5, 0.6), (4, 0.7, 0.4)):
+        put(store, "b", step, {"eval_loss": loss, "eval_acc": acc})
+    assert sorted(c.step for c in store.list("b")) == [1, 2, 4]  # acc-best 1 (b:best), loss-best 2, latest 4
+    assert store.info("b:best").step == 1
+
+
 def test_policy_that_would_delete_everything_is_refused(store, ckpt):
     with pytest.raises(PolicyError, match="would delete every checkpoint"):
         RetentionPolicy(keep_last=0)

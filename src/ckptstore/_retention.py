@@ -173,7 +173,7 @@ def prune(
     # the middle, which would otherwise race with the tag and settings files written here.
     with store._writing(), store._commit_lock():
         _leases.sync_locked(store)
-        plan = policy.plan(store.list(run), protected_ids=_leases.in_use(store))
+        plan = policy.plan(store.list(run), protected_ids=_leases.in_use(store), run_best=settings.best)
         ids = [d.checkpoint.id for d in plan.remove]
         reclaimable = store.catalog.exclusive_bytes(ids)
         if not dry_run:

@@ -462,11 +462,15 @@ class RetentionPolicy:
         *,
         protected_ids: Iterable[str] = frozenset(),
         protected_tags: Iterable[str] = DEFAULT_PROTECTED_TAGS,
+        run_best: tuple[str, str] | None = None,
     ) -> RetentionPlan:
         """Decide, for every checkpoint of one run, whether it stays and why.
 
         `protected_ids` are checkpoints in use (an unfinished save, a running resume); they always stay.
         `protected_tags` are the tags the store manages itself; any other tag is a user tag and pins its checkpoint.
+        `run_best` is the (metric, mode) the run's ``best`` tag follows (Trainer's metric_for_best_model): the best
+        checkpoint by it always stays, whatever the rules say, so the best is never lost to keep_last alone or
+        to keep_best ranking by another metric.
         """
         ordered = _ordered(_validated(checkpoints))
         pinned_ids = _id_set("protected_ids", protected_ids)
@@ -487,6 +491,10 @@ class RetentionPolicy:
         for rule in rules:
             add(rule.reasons(ordered), protect=isinstance(rule, BestN))
         add(tagged.reasons(ordered), protect=True)
+        if run_best is not None:
+            metric, mode = run_best
+            best = BestN(1, metric, mode).ranked(ordered)[:1]
+            add({c.id: [f"the run's best by {metric} ({_better(mode)})"] for c in best}, protect=True)
         in_use = {c.id: ["in use (an unfinished save or a running resume)"] for c in ordered if c.id in pinned_ids}
         add(in_use, protect=True)
         if not rules and self.max_bytes:

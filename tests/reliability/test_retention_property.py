@@ -33,7 +33,8 @@ def runs(draw):
 def oracle(loss: dict[int, float], tagged: set[int], keep_last: int, keep_best: int, mode: str) -> set[int]:
     by_step = sorted(loss)
     ranked = sorted(loss, key=lambda s: loss[s], reverse=(mode == "max"))
-    return {by_step[-1]} | set(by_step[-keep_last:]) | set(ranked[:keep_best]) | tagged
+    run_best = min(loss, key=lambda s: loss[s])  # what r:best follows (eval_loss, lower is better): never removed
+    return {by_step[-1], run_best} | set(by_step[-keep_last:]) | set(ranked[:keep_best]) | tagged
 
 
 def test_prune_keeps_what_the_oracle_keeps(scale, figure):
