@@ -134,6 +134,23 @@ def test_gc_after_rm_reclaims_exactly_the_unshared_blobs(two_checkpoints, tmp_pa
     assert store.gc().blobs == ()
 
 
+def test_gc_dry_run_during_a_save_reports_without_waiting_and_says_so(store, tiny_bert_dir, ckpt):
+    """A save holds the objects lock shared for its whole length; gc waits for it (its new blobs are referenced by
+    nothing yet), a dry run does not: it reports and flags the count as including the save's blobs."""
+    from ckptstore._locks import file_lock
+    from ckptstore.errors import StoreLocked
+
+    store.save(tiny_bert_dir, "m/step-1")
+    assert store.gc(dry_run=True).saves_in_progress is False
+    with file_lock(store.root / "locks" / "objects", shared=True, timeout=1, what="objects"):  # as a save holds it
+        plan = store.gc(dry_run=True, timeout=1)
+        assert plan.saves_in_progress and not plan.executed
+        result = ckpt("gc", "--dry-run", store=store.root)
+        assert result.code == 0 and "A save is in progress" in result.err
+        with pytest.raises(StoreLocked):
+            store.gc(timeout=0.2)
+
+
 def test_gc_never_takes_a_blob_the_remaining_checkpoint_shares(two_checkpoints):
     store = two_checkpoints
     users = _users(store)

@@ -18,6 +18,7 @@ class GcPlan:
     tmp_files: tuple[Path, ...]  # leftovers of interrupted writes
     referenced_blobs: int
     executed: bool = False
+    saves_in_progress: bool = False  # a dry run that found saves running: their uncommitted blobs are counted
 
     @property
     def bytes_freed(self) -> int:
@@ -34,6 +35,7 @@ class GcPlan:
             "bytes_freed": self.bytes_freed,
             "tmp_files_removed": len(self.tmp_files),
             "referenced_blobs": self.referenced_blobs,
+            "saves_in_progress": self.saves_in_progress,
         }
 
 

@@ -44,6 +44,7 @@ from .errors import (
     InvalidArgument,
     NameExists,
     RetentionWarning,
+    StoreLocked,
     StoreNotFound,
 )
 
@@ -722,8 +723,20 @@ class Store:
     def gc(self, *, dry_run: bool = False, timeout: float = 60.0) -> GcPlan:
         """Delete blobs that no manifest references, and leftovers of interrupted writes."""
         gate = file_lock(self.root / "locks" / "gate", timeout=timeout, what="gc gate")
-        objects_lock = file_lock(self.root / "locks" / "objects", shared=dry_run, timeout=timeout, what="objects")
-        with gate, objects_lock:
+        with contextlib.ExitStack() as held:
+            held.enter_context(gate)
+            saving = False
+            try:
+                held.enter_context(file_lock(self.root / "locks" / "objects", timeout=0 if dry_run else timeout,
+                                             what="objects"))
+            except StoreLocked:
+                if not dry_run:
+                    raise
+                # A dry run does not wait for saves in progress: it reports, counting the blobs they have written
+                # but not committed yet (gc itself waits for them and keeps those), and says so.
+                held.enter_context(file_lock(self.root / "locks" / "objects", shared=True, timeout=timeout,
+                                             what="objects"))
+                saving = True
             self._sync_index()
             lost = self.catalog.lost()
             if lost and not dry_run:
@@ -748,7 +761,7 @@ class Store:
                 referenced.update(manifest.blob_refs())
             garbage = tuple((d, s) for d, s, _ in self.objects.iter_all() if d not in referenced)
             tmp = tuple(stale_tmp_files(self.root / "tmp", grace=TMP_GRACE_SECONDS))
-            plan = GcPlan(garbage, tmp, len(referenced))
+            plan = GcPlan(garbage, tmp, len(referenced), saves_in_progress=saving)
             if dry_run:
                 return plan
             failpoint("gc.plan")

@@ -27,3 +27,6 @@ def gc(dry_run: bool, wait: float, as_json: bool, store_path: str | None) -> Non
         return
     verb = "Would reclaim" if dry_run else "Reclaimed"
     err.print(f"{verb} {plan.bytes_freed_str} in {counted(len(plan.blobs), 'blob')} ({counted(len(plan.tmp_files), 'temporary file')})")
+    if plan.saves_in_progress:
+        err.print("A save is in progress: the blobs it has written but not committed yet are counted above; gc"
+                  " waits for it and keeps them.")
