@@ -10,7 +10,7 @@ import torch
 
 from ckptstore import Store
 from ckptstore import _leases
-from ckptstore.errors import CheckpointNotFound, InvalidName, PolicyError, RetentionWarning
+from ckptstore.errors import CheckpointNotFound, InvalidArgument, InvalidName, PolicyError, RetentionWarning
 from ckptstore.policies import RetentionPolicy
 
 
@@ -133,8 +133,13 @@ def test_the_runs_best_is_never_pruned_whatever_the_rules(store):
         put(store, "b", step, {"eval_loss": loss, "eval_acc": acc})
     assert sorted(c.step for c in store.list("b")) == [1, 2, 4]  # acc-best 1 (b:best), loss-best 2, latest 4
     assert store.info("b:best").step == 1
-
-
+    # The run's best and latest are the store's to move: a hand-set one would silently move back.
+    with pytest.raises(InvalidArgument, match="b:best is kept up to date by ckptstore"):
+        store.tag("b/step-4", "best")
+    store.tag("b/step-4", "chosen")
+    # A run without a policy or training integration keeps no such tags: there "best" is the user's to set.
+    put(store, "c", 1)
+    assert "best" in store.tag("c/step-1", "best").tags
 def test_policy_that_would_delete_everything_is_refused(store, ckpt):
     with pytest.raises(PolicyError, match="would delete every checkpoint"):
         RetentionPolicy(keep_last=0)

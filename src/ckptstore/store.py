@@ -29,7 +29,7 @@ from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
 from ._ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
 from ._locks import file_lock
 from ._manifest import FileEntry, Manifest, manifest_id
-from ._names import check_name, check_tag, run_of, split_tag_ref
+from ._names import RESERVED_TAGS, check_name, check_tag, run_of, split_tag_ref
 from ._objects import BlobWriter, ObjectStore, is_digest, refuse_link
 from ._refs import Refs
 from ._verify import Problem, VerifyReport, verify_manifests
@@ -659,6 +659,13 @@ class Store:
         check_tag(tag)
         cid = self.resolve(ref)
         run = self.catalog.infos(ids=[cid])[0].run
+        if tag in RESERVED_TAGS and _retention.read_settings(self, run) is not None:
+            # The run's policy or training integration moves this tag after every save: a hand-set one would
+            # silently move back.
+            raise InvalidArgument(
+                f"{run}:{tag} is kept up to date by ckptstore for this run (it moves after every save).",
+                hint=f"Use a tag of your own, e.g. 'ckpt tag {ref} chosen'; 'ckpt policy {run}' shows what {tag} follows.",
+            )
         with self._commit_lock():
             self.refs.set(run, tag, cid)
             self._sync_index()
