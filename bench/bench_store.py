@@ -77,7 +77,8 @@ class Quiet:
     can double one figure; so can the disk still busy with the previous round's deletes (a filesystem mounted with
     `discard` trims freed blocks after the delete returns). Waiting for a quiet moment keeps the medians about this
     code. CPU idleness comes from /proc/stat, disk idleness from the time the disk spent on I/O
-    (/sys/class/block/DEV/stat). Ops that found no quiet moment within the timeout still run, and are counted.
+    (/sys/class/block/DEV/stat) and from the time tasks stalled on I/O (/proc/pressure/io). Ops that found no
+    quiet moment within the timeout still run, and are counted.
     """
 
     def __init__(self, timeout: float, disk: str | None = None) -> None:
@@ -88,11 +89,18 @@ class Quiet:
         stat = Path(f"/sys/class/block/{disk}/stat") if disk else None
         self.disk_stat = stat if stat is not None and stat.exists() else None
 
-    def _ticks(self) -> tuple[int, int, int]:
+    def _ticks(self) -> tuple[int, int, int, int]:
         with open("/proc/stat") as f:
             ticks = [int(x) for x in f.readline().split()[1:]]
         io_ms = int(self.disk_stat.read_text().split()[9]) if self.disk_stat else 0
-        return ticks[3], sum(ticks), io_ms  # idle only: time waiting on the disk counts as busy
+        # Time any task stalled on I/O (pressure stall information, microseconds): it also sees a virtual disk
+        # slowed by its host, which the disk's own busy time does not.
+        try:
+            with open("/proc/pressure/io") as f:
+                stall_us = int(f.readline().rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
+            stall_us = 0
+        return ticks[3], sum(ticks), io_ms, stall_us  # idle only: time waiting on the disk counts as busy
 
     def wait(self) -> None:
         if not self.enabled:
@@ -104,8 +112,9 @@ class Quiet:
             after = self._ticks()
             share = (after[0] - before[0]) / max(1, after[1] - before[1])
             disk_busy_ms = after[2] - before[2]
+            stalled_us = after[3] - before[3]
             before = after
-            quiet = quiet + 1 if share >= 0.9 and disk_busy_ms <= 10 else 0
+            quiet = quiet + 1 if share >= 0.9 and disk_busy_ms <= 10 and stalled_us <= 10_000 else 0
             if quiet >= 2:
                 break
         else:
