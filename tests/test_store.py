@@ -300,6 +300,14 @@ def test_unknown_tag_suggests_tags_of_the_run(store, tiny_bert_dir):
     assert exc.value.candidates == ("bert:v1.0.0",)
 
 
+def test_an_id_prefix_too_short_says_how_long_it_must_be(store, tiny_bert_dir):
+    info = store.save(tiny_bert_dir, "bert/v1")
+    with pytest.raises(CheckpointNotFound) as exc:
+        store.resolve(info.id[:3])
+    assert "at least 4 hex digits" in exc.value.hint
+    assert store.resolve(info.id[:4]) == info.id
+
+
 def test_unknown_hex_ref_is_not_found(store, tiny_bert_dir):
     info = store.save(tiny_bert_dir, "bert/step-1")
     missing = next(c for c in "0123456789abcdef" if c != info.id[0]) * 8

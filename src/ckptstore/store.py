@@ -317,7 +317,10 @@ class Store:
         candidates = tuple(difflib.get_close_matches(ref, names, n=3, cutoff=0.6))
         if not candidates:
             candidates = tuple(n for n in names if n.startswith(ref.rstrip("/") + "/"))[:3]
-        raise CheckpointNotFound(ref, candidates, run=run_of(ref) if run_of(ref) in cat.runs() else None)
+        exc = CheckpointNotFound(ref, candidates, run=run_of(ref) if run_of(ref) in cat.runs() else None)
+        if not candidates and 0 < len(lowered) < MIN_ID_PREFIX and all(c in "0123456789abcdef" for c in lowered):
+            exc.hint = f"An id prefix needs at least {MIN_ID_PREFIX} hex digits ('ckpt ls' shows ids)."
+        raise exc
 
     def manifest(self, ref: str) -> Manifest:
         return self._read_manifest(self.resolve(ref))
