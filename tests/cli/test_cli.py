@@ -130,7 +130,8 @@ def test_tag_and_untag(ckpt, two):
     result = ckpt("tag", "tiny/step-2", "prod")
     assert result.code == 0 and "tiny:prod" in result.err
     assert _json(ckpt("show", "tiny:prod", "--json"))["id"] == second["id"]
-    assert ckpt("tag", "tiny/step-1", "prod").code == 0  # moves
+    moved = ckpt("tag", "tiny/step-1", "prod")
+    assert moved.code == 0 and "Moved tiny:prod from tiny/step-2 to tiny/step-1" in moved.err
     assert _json(ckpt("show", "tiny:prod", "--json"))["id"] == first["id"]
     assert ckpt("untag", "tiny:prod").code == 0
     assert ckpt("show", "tiny:prod").code == 1

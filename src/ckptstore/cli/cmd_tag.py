@@ -17,8 +17,14 @@ def tag(ref: str, tag: str, store_path: str | None) -> None:
     Exit codes: 0 ok, 1 failure, 2 usage error (invalid tag).
     """
     store = open_store(store_path)
+    run = store.info(ref).run
+    before = store.refs.get(run, tag)
     info = store.tag(ref, tag)
-    err.print(f"Tagged {info.name} as {info.run}:{tag}")
+    if before is not None and before != info.id:
+        was = store.catalog.infos(ids=[before])
+        err.print(f"Moved {info.run}:{tag} from {was[0].name if was else before[:12]} to {info.name}")
+    else:
+        err.print(f"Tagged {info.name} as {info.run}:{tag}")
 
 
 @command("untag")
