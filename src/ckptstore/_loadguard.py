@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._compat import Compatibility, compatibility, read_config
+from ._compat import Compatibility, compatibility
 from ._info import human_bytes
 from .errors import (
     CkptError,
@@ -44,9 +44,9 @@ class LoadGuard:
     """Wraps one load: `kwargs` are what to pass to from_pretrained, `check` inspects its result, and the guard as
     a context manager translates failures. `finish` returns what the caller asked for (model, or model and info)."""
 
-    def __init__(self, store: "Store", manifest: "Manifest", kwargs: dict[str, Any]) -> None:
+    def __init__(self, manifest: "Manifest", config: dict[str, Any] | None, kwargs: dict[str, Any]) -> None:
         self.manifest = manifest
-        self.compat: Compatibility = compatibility(read_config(store.objects, manifest), manifest)
+        self.compat: Compatibility = compatibility(config, manifest)
         self.want_info = bool(kwargs.pop("output_loading_info", False))
         self.user_ignores_mismatch = bool(kwargs.get("ignore_mismatched_sizes", False))
         # Asking transformers to tolerate mismatches and report them lets us raise one clear error naming the

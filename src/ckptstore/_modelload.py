@@ -29,10 +29,10 @@ TOKENIZER_FILES = (
 )
 
 
-def _config(store: "Store", manifest, cls: Any, kwargs: dict[str, Any]):
+def _config(manifest, raw: dict[str, Any] | None):
+    """The config object of the stored config.json (read once by the caller): it picks the concrete class."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    raw = read_config(store.objects, manifest)
     if raw is None:
         raise IncompleteCheckpoint(f"Checkpoint {manifest.name!r} has no config.json, so no model class can be built.")
     model_type = raw.get("model_type")
@@ -82,7 +82,8 @@ def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = Fals
     weights = _load.weight_files(manifest)
     if materialize is None:
         materialize = not weights or any(k in kwargs for k in _FOLDER_ONLY) or "config" in kwargs
-    guard = LoadGuard(store, manifest, kwargs)  # clear errors for shape mismatches, OOM, newer transformers
+    raw_config = read_config(store.objects, manifest)
+    guard = LoadGuard(manifest, raw_config, kwargs)  # clear errors for shape mismatches, OOM, newer transformers
     if materialize:
         # Tensors mapped from the temporary folder stay valid after it is removed: the kernel keeps an unlinked
         # file alive while it is mapped. Disk offload instead reopens the safetensors files by path when the model
@@ -91,14 +92,14 @@ def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = Fals
         place = _kept_folder(store, manifest, Path(offload)) if offload else store.materialized(ref)
         with place as folder, guard:
             return guard.finish(guard.check(cls.from_pretrained(folder, **guard.kwargs)))
-    config = _config(store, manifest, cls, kwargs)
+    config = _config(manifest, raw_config)
     with guard, tempfile.TemporaryDirectory(prefix="ckpt-config-") as tmp:
         state_dict = _load.load_state_dict(store.objects, manifest, files=weights, verify=verify)
         # from_pretrained is given the config as a file, not as the object: then it reads it the way it reads a
         # folder's config.json, and keyword arguments that are config attributes (num_labels=3, output_attentions)
         # go into the config instead of failing in the model's __init__.
         config_file = Path(tmp) / "config.json"
-        config_file.write_bytes(_load.read_file_bytes(store.objects, manifest.file("config.json")))
+        config_file.write_text(json.dumps(raw_config))
         model = guard.check(
             concrete_class(cls, config).from_pretrained(None, config=str(config_file), state_dict=state_dict, **guard.kwargs)
         )
