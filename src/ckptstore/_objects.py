@@ -26,6 +26,11 @@ HEX_LEN = 64
 _READ_BLOCK = 8 << 20
 
 
+def _flat(data: bytes | memoryview) -> bytes | memoryview:
+    """`data` as bytes: a tensor's memoryview is cast to unsigned bytes, so its length counts bytes."""
+    return data if isinstance(data, bytes) else memoryview(data).cast("B")
+
+
 def hash_bytes(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
@@ -174,7 +179,7 @@ class BlobHasher:
 
     @staticmethod
     def _ref(data: bytes | memoryview) -> BlobRef:
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        view = _flat(data)
         return BlobRef(hash_bytes(view), len(view))
 
     def close(self) -> None:
@@ -207,7 +212,7 @@ class BlobWriter:
         return self._pool.submit(self._put, data)
 
     def _put(self, data: bytes | memoryview) -> BlobRef:
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        view = _flat(data)
         size = len(view)
         digest = hash_bytes(view)
         with self._lock:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from transformers import TrainerCallback
 
 from .. import _leases, _retention
 from .._async import AsyncSaver
-from .._import import metrics_at_step
+from .._import import CHECKPOINT_DIR, metrics_at_step
 from .._info import CheckpointInfo
 from .._manager import name_after_rollback, save_after, split_metrics
 from .._names import check_run
@@ -38,7 +37,6 @@ __all__ = ["CheckpointCallback", "checkout"]
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Files up to this size are copied into the async staging folder, larger ones hard-linked (see _stage).
 _COPY_BELOW = 1 << 20
 
@@ -196,7 +194,7 @@ class CheckpointCallback(TrainerCallback):
 
 
 def _step_of(folder: Path) -> int:
-    m = _CHECKPOINT_DIR.match(folder.name)
+    m = CHECKPOINT_DIR.fullmatch(folder.name)
     return int(m.group(1)) if m else -1
 
 
