@@ -176,8 +176,10 @@ def export(
     verify: bool = False,
     files: list[FileEntry] | None = None,
     on_progress=None,
+    threads: int | None = None,
 ) -> list[Path]:
-    """Write the checkpoint's files under `dest`, byte for byte. On failure, what was written is removed."""
+    """Write the checkpoint's files under `dest`, byte for byte. On failure, what was written is removed.
+    `threads` copy side by side (default: one per core, up to 4)."""
     existed = check_destination(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -193,9 +195,9 @@ def export(
         os.close(fd)
 
     # Every blob goes to its offset in its file from a pool of threads: copying from the page cache is CPU work,
-    # and one thread leaves a core idle. BERT-base (438 MB, 2 cores): 2 threads 0.145 s, 1 thread 0.190 s,
-    # against 0.172 s for cp -r; 3 threads 0.154 s.
-    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ckpt-export")
+    # and one thread leaves a core idle (bench/bench_limits.py measures 1, 2 and 3 threads against cp -r).
+    threads = threads or min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckpt-export")
     try:
         for entry in files if files is not None else manifest.files:
             target = dest / entry.path

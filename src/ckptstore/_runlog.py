@@ -20,7 +20,9 @@ MAX_PLOTTED_METRICS = 6
 
 def run_log(store: "Store", run: str) -> list["CheckpointInfo"]:
     """The run's checkpoints, oldest step first (checkpoints without a step last, by save time)."""
-    infos = store.list(run) or store.list(store.check_run(run))
+    infos = store.list(run)
+    if not infos:
+        store.check_run(run)  # raises: an unknown run, with did-you-mean
     return sorted(infos, key=lambda c: (c.step is None, c.step or 0, c.created_at))
 
 

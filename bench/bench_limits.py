@@ -1,0 +1,178 @@
+"""How close the store runs to this machine's limits, side by side in one process.
+
+    .venv/bin/python bench/bench_limits.py [--repeat N] [--quick] [--tmp-dir DIR] [--quiet-timeout S]
+
+bench_store.py compares the store with what transformers does without it; this one compares it with the floors
+under both, on the same BERT-base-sized model (median of N runs, seconds):
+
+  disk floor   the model's bytes written by one os.write loop + fsync (no hashing, no format): the least a durable
+               first save can cost. Beside it: safetensors.save_file + fsync, save_pretrained + fsync, store.save.
+  hash floor   BLAKE3 over the blobs a save cuts (16 MiB chunks per tensor) on one thread per core: the least a
+               re-save of an unchanged model can cost, since every byte is hashed again. Beside it: the re-save.
+  export       store.export with 1, 2 and 3 copy threads, against cp -r of the save_pretrained folder.
+
+The same waits as bench_store.py before each timed op (idle CPUs, idle disk, no I/O stalls; see Quiet there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_store  # noqa: E402 - the model, the waits and fsync_tree are shared with the main benchmark
+
+
+def timed(fn) -> float:
+    bench_store.QUIET.wait()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def settle(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+    os.sync()
+
+
+def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]], i: int = 0) -> None:
+    from safetensors.torch import save_file
+
+    from ckptstore import Store, _load
+    from ckptstore._objects import hash_bytes
+
+    def record(what: str, seconds: float) -> None:
+        results.setdefault(what, []).append(seconds)
+
+    raw, st_file, folder, store_dir = work / "raw.bin", work / "st.safetensors", work / "sp", work / "store"
+
+    def raw_write() -> None:
+        fd = os.open(raw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def st_write() -> None:
+        save_file(tensors, str(st_file), metadata={"format": "pt"})
+        fd = os.open(st_file, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+    def sp_write() -> None:
+        model.save_pretrained(folder)
+        bench_store.fsync_tree(folder)
+
+    def ours() -> None:
+        Store.open(store_dir).save(model, "bench/step-1")
+
+    writes = [("disk floor: os.write + fsync", raw_write, raw), ("safetensors.save_file + fsync", st_write, st_file),
+              ("save_pretrained + fsync", sp_write, folder), ("store.save (first)", ours, store_dir)]
+    # Each round starts with another of the four: on this VM a write right after others pays for fresh memory.
+    for what, fn, path in writes[i % 4:] + writes[: i % 4]:
+        if what.startswith("store"):
+            Store.init(store_dir).close()
+        settle()
+        record(what, timed(fn))
+        settle(path)
+
+    model.save_pretrained(folder)
+    store = Store.init(store_dir)
+    store.save(model, "bench/step-1")
+    settle()
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        record("hash floor: BLAKE3 of every blob", timed(lambda: list(pool.map(hash_bytes, chunks))))
+    record("store.save (unchanged re-save)", timed(lambda: store.save(model, "bench/step-2")))
+
+    dest = work / "dest"
+    manifest = store.manifest("bench/step-1")
+    record("cp -r", timed(lambda: subprocess.run(["cp", "-r", str(folder), str(dest)], check=True)))
+    settle(dest)
+    for n in (1, 2, 3):
+        record(f"store.export, {n} thread(s)", timed(lambda n=n: _load.export(store.objects, manifest, dest, threads=n)))
+        settle(dest)
+    store.close()
+    settle(folder, store_dir)
+
+
+def blob_chunks(model, chunk_bytes: int) -> tuple[dict, list[memoryview]]:
+    """The tensors save_pretrained writes and the 16 MiB-per-tensor pieces a save hashes."""
+    from ckptstore._capture import capture_model
+
+    sources = [s for s in capture_model(model) if s.layout is not None]
+    chunks: list[memoryview] = []
+    for src in sources:
+        chunks.append(memoryview(src.layout.header))
+        for span in src.layout.tensors:
+            for a in range(span.start, span.end, chunk_bytes):
+                chunks.append(memoryview(src.read(a, min(a + chunk_bytes, span.end))).cast("B"))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return tensors, chunks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=8, help="runs per figure; the median is reported (default 8)")
+    ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
+    ap.add_argument("--tmp-dir", type=Path, default=bench_store.REPO.parent / "bench-tmp", help="scratch space")
+    ap.add_argument("--quiet-timeout", type=float, default=30.0, metavar="S", help="wait for idle CPUs and disk")
+    args = ap.parse_args()
+
+    import transformers
+
+    from ckptstore.config import DEFAULT_CHUNK_BYTES
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    args.tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-limits-", dir=args.tmp_dir))
+    try:
+        model = bench_store.build_model(args.quick)
+        tensors, chunks = blob_chunks(model, DEFAULT_CHUNK_BYTES)
+        size = sum(len(c) for c in chunks)
+        one_round(model, tensors, chunks, work, {})  # warm-up: lazy imports, first touches of memory
+        bench_store.QUIET = bench_store.Quiet(args.quiet_timeout, bench_store.block_device(work))
+        results: dict[str, list[float]] = {}
+        for i in range(args.repeat):
+            one_round(model, tensors, chunks, work, results, i)
+            print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    mb = size / 1e6
+    print(f"\nckptstore limits: {mb:.1f} MB of weights in {len(chunks)} blobs"
+          f"{' (--quick)' if args.quick else ''}; median of {args.repeat} run(s), {os.cpu_count()} cores\n")
+    floors = {"disk floor": "disk floor: os.write + fsync", "hash floor": "hash floor: BLAKE3 of every blob",
+              "cp -r": "cp -r"}
+    groups = [("disk floor", [k for k in results if "(first)" in k or "fsync" in k]),
+              ("hash floor", ["hash floor: BLAKE3 of every blob", "store.save (unchanged re-save)"]),
+              ("cp -r", [k for k in results if k.startswith(("cp -r", "store.export"))])]
+    for floor, rows in groups:
+        base = statistics.median(results[floors[floor]])
+        for what in rows:
+            t = statistics.median(results[what])
+            print(f"  {what:<36}{t:>8.3f} s{mb / t:>7.0f} MB/s{t / base:>7.2f}x of the {floor}")
+        print()
+    print("all runs (s):")
+    for what, xs in results.items():
+        print(f"  {what:<36}" + " ".join(f"{x:.3f}" for x in xs))
+
+
+if __name__ == "__main__":
+    main()
