@@ -30,6 +30,7 @@ _POPPED = (
 _UNEXPECTED = re.compile(r"got an unexpected keyword argument '(\w+)'")
 _NO_CUDA = ("torch not compiled with cuda", "found no nvidia driver", "no cuda gpus are available",
             "cuda driver initialization failed")
+_COMMON_WORDS = frozenset({"config", "state_dict", "revision", "token", "variant", "subfolder"})
 _DEVICE_HINT = "use device_map='cpu' or 'auto' (or leave it out)."
 
 
@@ -139,7 +140,8 @@ def usage_error(exc: BaseException, kwargs: dict[str, Any], config: dict[str, An
     if isinstance(exc, (AssertionError, RuntimeError)) and any(s in text.lower() for s in _NO_CUDA):
         return InvalidArgument(f"CUDA is not available on this machine ({_loadguard.first_line(exc)}).",
                                hint=f"Load on the CPU: {_DEVICE_HINT}")
-    named = [k for k in user if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", text)]
+    # Words any load error may say ("config", "state_dict") do not show that the caller's value was the cause.
+    named = [k for k in user if k not in _COMMON_WORDS and re.search(rf"(?<!\w){re.escape(k)}(?!\w)", text)]
     if named and isinstance(exc, (TypeError, ValueError, ImportError, AssertionError)):
         return InvalidArgument(
             f"from_pretrained refused {_shown({k: user[k] for k in named})}: {_loadguard.first_line(exc)}",
