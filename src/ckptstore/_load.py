@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,9 +106,11 @@ def _map_parts(objects: ObjectStore, entry: TensorEntry, parts: list[tuple[BlobR
     return objects.map_many([blob for blob, _ in parts])
 
 
-def weight_files(manifest: Manifest) -> list[FileEntry]:
-    """The safetensors files from_pretrained would read: the root-level model weights (all shards)."""
-    root = [f for f in manifest.files if f.is_safetensors and "/" not in f.path]
+def weight_files(manifest: Manifest | Iterable[FileEntry]) -> list[FileEntry]:
+    """The safetensors files from_pretrained would read: the root-level model weights (all shards). Takes the
+    manifest, or its file list while it is being built."""
+    files = manifest.files if isinstance(manifest, Manifest) else manifest
+    root = [f for f in files if f.is_safetensors and "/" not in f.path]
     preferred = [f for f in root if f.path.startswith("model")] or root
     return preferred
 

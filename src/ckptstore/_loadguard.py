@@ -13,6 +13,7 @@ import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from . import _loadargs
 from ._compat import Compatibility, compatibility
 from ._info import human_bytes
 from .errors import (
@@ -46,8 +47,10 @@ class LoadGuard:
 
     def __init__(self, manifest: "Manifest", config: dict[str, Any] | None, kwargs: dict[str, Any]) -> None:
         self.manifest = manifest
+        self.config = config
         self.compat: Compatibility = compatibility(config, manifest)
         self.want_info = bool(kwargs.pop("output_loading_info", False))
+        self.given = dict(kwargs)  # the caller's own keywords, to tell their mistakes from the checkpoint's
         self.user_ignores_mismatch = bool(kwargs.get("ignore_mismatched_sizes", False))
         # Asking transformers to tolerate mismatches and report them lets us raise one clear error naming the
         # tensor; it changes nothing else in the load (the flag only gates that final raise).
@@ -79,6 +82,10 @@ class LoadGuard:
         if exc is None or isinstance(exc, CkptError) or not isinstance(exc, Exception):
             return False
         name = self.manifest.name
+        # A keyword the caller got wrong is their mistake whatever else looks off (a newer saving transformers).
+        usage = _loadargs.usage_error(exc, self.given, self.config)
+        if usage is not None:
+            raise usage from exc
         if is_out_of_memory(exc):
             weights = sum(f.size for f in self.manifest.files if f.path.endswith((".safetensors", ".bin")))
             asked = self.kwargs.get("dtype", self.kwargs.get("torch_dtype"))
@@ -105,7 +112,14 @@ class LoadGuard:
         if problem is not None:
             why, hint = problem
             raise InvalidCheckpoint(f"Cannot load {name!r}: {why} ({first_line(exc)}).", hint=hint) from exc
-        return False
+        usage = _loadargs.blamed_on_arguments(exc, self.given)
+        if usage is not None:
+            raise usage from exc
+        raise InvalidCheckpoint(
+            f"Cannot load {name!r}: from_pretrained failed ({type(exc).__name__}: {first_line(exc)}).",
+            hint=f"'ckpt validate {name}' reports what is wrong with it; --debug (or the exception's __cause__)"
+            " shows from_pretrained's traceback.",
+        ) from exc
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _load
 from ._compat import read_config
+from ._loadargs import check_arguments
 from ._loadguard import LoadGuard
 from ._manifest import manifest_id
 from .errors import IncompleteCheckpoint, InvalidCheckpoint
@@ -77,6 +78,7 @@ def default_class(manifest) -> Any:
 
 
 def load_model(store: "Store", ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
+    check_arguments(cls, kwargs)
     manifest = store.manifest(ref)
     cls = cls or default_class(manifest)
     weights = _load.weight_files(manifest)

@@ -90,13 +90,9 @@ def _model_facts(files: list[FileEntry], read_config: Callable[[str], bytes | No
                     facts[key] = cfg[key]
             if "dtype" in cfg or "torch_dtype" in cfg:
                 facts["config_dtype"] = cfg.get("dtype", cfg.get("torch_dtype"))
-    params = 0
-    dtypes: dict[str, int] = {}
-    for f in files:
-        if f.is_safetensors and not f.path.startswith(("optimizer", "training_state/")):
-            for t in f.tensors:
-                params += t.numel
-                dtypes[t.dtype] = dtypes.get(t.dtype, 0) + t.numel
+    from ._inspect import count_parameters
+
+    params, dtypes = count_parameters(files)  # as validate counts them: buffers such as position_ids left out
     if params:
         facts["parameters"] = params
         facts["dtypes"] = dtypes

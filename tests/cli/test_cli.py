@@ -108,7 +108,7 @@ def test_show(ckpt, two, tiny_bert_dir):
 
     human = ckpt("show", "tiny/step-2")
     assert human.code == 0
-    for needle in ("tiny/step-2", second["id"], "bert", "eval_loss=0.25", "lr=0.001", "tiny/step-1",
+    for needle in ("tiny/step-2", second["id"], "bert", "eval_loss=0.25", "lr: 0.001", "tiny/step-1",
                    "model.safetensors", "config.json", "second one"):
         assert needle in human.out, needle
     assert "1 blob" in human.out and "1 blobs" not in human.out  # config.json: one blob, counted in the singular

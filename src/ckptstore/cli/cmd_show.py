@@ -1,21 +1,35 @@
 from __future__ import annotations
 
-import click
+import json
+from typing import Any
 
+import click
+from rich.markup import escape
+
+from .._inspect import show_details
 from ._app import command, counted, fmt_bytes, json_option, open_store, out, print_json
+
+
+def _value(v: Any) -> str:
+    # Metadata values are whatever the user gave (numbers, lists, dicts): JSON, never a Python repr.
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
 
 
 @command("show")
 @click.argument("ref")
+@click.option("--tensors", "with_tensors", is_flag=True, help="Also list every stored tensor: name, dtype, shape.")
 @json_option
-def show(ref: str, as_json: bool, store_path: str | None) -> None:
+def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) -> None:
     """Show a checkpoint: files, tensors, parameters, dtypes, model type, metrics, metadata, lineage, sizes.
 
-    REF is a name (bert/step-500), RUN:TAG (bert:best) or an id prefix.
+    REF is a name (bert/step-500), RUN:TAG (bert:best) or an id prefix. Parameters are counted as the loaded
+    model counts them (and 'ckpt validate' reports them): buffers such as position_ids are left out. --json always
+    includes the tensor list.
 
     \b
     Examples:
       ckpt show bert-sst2:best
+      ckpt show bert-sst2:best --tensors
       ckpt show 3fa2c1 --json
     Exit codes: 0 ok, 1 failure (unknown reference), 2 usage error.
     """
@@ -27,9 +41,10 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
     own_bytes = sum(size for d, size in blobs.items() if unique.get(d, 0) <= 1)
     lineage = [c if isinstance(c, str) else c.name for c in store.lineage(info.id)[1:]]
     lineage = [f"{c[:12]} (deleted)" if len(c) == 64 and "/" not in c else c for c in lineage]
+    inside = show_details(store, info.id)  # per-module parameters, dtypes, tensors, lineage
     details = {
         **info.to_json(),
-        "model": manifest.model,
+        "model": {**manifest.model, "parameters": inside["parameters"], "dtypes": inside["parameter_dtypes"]},
         "environment": manifest.environment,
         "stored_bytes": sum(blobs.values()),
         "unshared_bytes": own_bytes,
@@ -39,38 +54,63 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
              **({"converted_from": f.converted_from} if f.converted_from else {})}
             for f in manifest.files
         ],
+        **inside,
     }
-    try:
-        from .._inspect import show_details  # per-module parameters and dtype breakdown (issue 4)
-
-        details.update(show_details(store, info.id))
-    except ImportError:
-        pass
     if as_json:
         print_json(details)
         return
     m = manifest.model
-    rows = [
+    buffers = inside["buffers"]
+    parameters = f"{inside['parameters']:,}" if inside["parameters"] else "-"
+    if buffers:
+        parameters += (f" (buffers not counted: {', '.join(buffers)}, {sum(buffers.values()):,} values)"
+                       if len(buffers) <= 3 else f" ({len(buffers)} buffers, {sum(buffers.values()):,} values, not counted)")
+    env = manifest.environment
+    rows: list[tuple[str, str | list[str]]] = [
         ("name", info.name), ("id", info.id), ("run", info.run), ("step", "-" if info.step is None else info.step), ("created", info.created_at_str),
         ("tags", ", ".join(info.tags) or "-"), ("message", info.message or "-"),
         ("model type", m.get("model_type", "-")), ("architectures", ", ".join(m.get("architectures", [])) or "-"),
-        ("parameters", f"{m['parameters']:,}" if "parameters" in m else "-"),
-        ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in m.get("dtypes", {}).items()) or "-"),
+        ("parameters", parameters),
+        ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in inside["parameter_dtypes"].items()) or "-"),
         ("metrics", ", ".join(f"{k}={v:.6g}" for k, v in info.metrics.items()) or "-"),
-        ("metadata", ", ".join(f"{k}={v}" for k, v in info.metadata.items()) or "-"),
+        ("metadata", [f"{k}: {_value(v)}" for k, v in info.metadata.items()] or "-"),
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"
                  f" {fmt_bytes(own_bytes)} not shared with other checkpoints"),
-        ("saved with", ", ".join(f"{k} {v}" for k, v in manifest.environment.items() if k != "platform")),
+        # Two different versions, easily taken for one: the transformers that wrote config.json (maybe years ago,
+        # elsewhere) and the environment that put the checkpoint into this store.
+        ("config written by", f"transformers {m['transformers_version']} (config.json's transformers_version)"
+         if m.get("transformers_version") else "-"),
+        ("stored from", ", ".join(f"{k} {v}" for k, v in env.items() if k != "platform")
+         + " (the environment that saved it into the store)"),
     ]
     for extra_key in ("parameters_by_module",):
         if extra_key in details:
             rows.append((extra_key.replace("_", " "), ", ".join(f"{k}: {v:,}" for k, v in details[extra_key].items())))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        out.print(f"[bold]{key:<{width}}[/]  {value}")
+        lines = value if isinstance(value, list) else [value]
+        out.print(f"[bold]{key:<{width}}[/]  {escape(str(lines[0]))}")
+        for line in lines[1:]:
+            out.print(f"{'':<{width}}  {escape(line)}")
     out.print(f"[bold]{'files':<{width}}[/]")
     for f in manifest.files:
         extra = f"  {counted(len(f.tensors), 'tensor')}" if f.tensors else ""
-        out.print(f"  {f.path:<40} {fmt_bytes(f.size):>10}  {counted(len(f.blobs), 'blob')}{extra}")
+        out.print(f"  {escape(f.path):<40} {fmt_bytes(f.size):>10}  {counted(len(f.blobs), 'blob')}{extra}")
+    if with_tensors:
+        _print_tensors(inside["tensors"], width)
+
+
+def _print_tensors(tensors: list[dict[str, Any]], width: int) -> None:
+    out.print(f"[bold]{'tensors':<{width}}[/]" + ("" if tensors else "  -"))
+    if not tensors:
+        return
+    table = [("name", "dtype", "shape", "parameters")] + [
+        (t["name"], t["dtype"], "[" + ", ".join(map(str, t["shape"])) + "]",
+         f"{t['numel']:,}" if t["parameter"] else "buffer")
+        for t in tensors
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for name, dtype, shape, count in table:
+        out.print(escape(f"  {name:<{widths[0]}}  {dtype:<{widths[1]}}  {shape:<{widths[2]}}  {count:>12}"))
