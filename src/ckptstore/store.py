@@ -394,20 +394,21 @@ class Store:
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise InvalidArgument(f"step must be a whole number >= 0, got {step!r}.",
                                   hint="The training step the checkpoint was saved at, e.g. step=500.")
+        name_step = step_from_name(name)
         if step is None:
-            step = step_from_name(name)
+            step = name_step
+        parent_id = self.resolve(parent) if parent else None
         if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
-            from ._import import refuse_trainer_output, trainer_state_facts
+            from ._import import refuse_trainer_output
+            from ._trainer_facts import folder_defaults
 
             refuse_trainer_output(Path(src))
-            state_step, state_metrics = trainer_state_facts(Path(src))  # a Trainer checkpoint-N folder
-            if step is None:
-                step = state_step
-            if metrics is None and state_step is not None and state_step == step:
-                metrics = state_metrics
+            step, metrics, metadata, parent_id = folder_defaults(  # a Trainer checkpoint-N folder
+                self, Path(src), name, step=step, name_step=name_step, metrics=metrics, metadata=metadata,
+                parent_id=parent_id,
+            )
         clean_metrics = _check_metrics(metrics)
         _check_metadata(metadata)
-        parent_id = self.resolve(parent) if parent else None
         if self.catalog.id_for_name(name) is not None:
             raise NameExists(name)
 

@@ -50,6 +50,9 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
         print_json(details)
         return
     m = manifest.model
+    # Recorded from a Trainer folder (trainer_state.json, JSON args files): a row of their own, not one long value.
+    hyper = info.metadata.get("hyperparameters")
+    hyper = hyper if isinstance(hyper, dict) else {}
     rows = [
         ("name", info.name), ("id", info.id), ("run", info.run), ("step", "-" if info.step is None else info.step), ("created", info.created_at_str),
         ("tags", ", ".join(info.tags) or "-"), ("message", info.message or "-"),
@@ -57,7 +60,9 @@ def show(ref: str, as_json: bool, store_path: str | None) -> None:
         ("parameters", f"{m['parameters']:,}" if "parameters" in m else "-"),
         ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in m.get("dtypes", {}).items()) or "-"),
         ("metrics", ", ".join(f"{k}={v:.6g}" for k, v in info.metrics.items()) or "-"),
-        ("metadata", ", ".join(f"{k}={v}" for k, v in info.metadata.items()) or "-"),
+        ("metadata", ", ".join(f"{k}={v}" for k, v in info.metadata.items()
+                                 if not (k == "hyperparameters" and hyper)) or "-"),
+        ("hyperparameters", ", ".join(f"{k}={v}" for k, v in hyper.items()) or "-"),
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"
