@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _deletions, _load, _retention
+from . import _annotations, _deletions, _load, _retention
 from ._backend import atomic_write_bytes, fsync_dir
 from ._catalog import Catalog
 from ._failpoints import failpoint
@@ -246,6 +246,7 @@ class Store:
         tags = {k: v for k, v in self.refs.all().items() if v in disk}
         if tags != cat.tags():
             cat.set_tags(tags)
+        _annotations.sync(self.root, cat)
 
     def reindex(self) -> int:
         """Throw the index away and rebuild it from manifests and refs. Returns the number of checkpoints."""
@@ -693,6 +694,17 @@ class Store:
             self._sync_index()
         return cid
 
+    def annotate(self, ref: str, *, metrics: Mapping[str, float] | None = None,
+                 metadata: Mapping[str, Any] | None = None, message: str | None = None) -> CheckpointInfo:
+        """Add metrics, metadata or a message to a stored checkpoint (its manifest stays as saved): they override
+        or extend the saved ones wherever the checkpoint is listed, sorted or ranked, and RUN:best moves if the
+        run's best changes. Returns the checkpoint's record with the merged values."""
+        clean = _check_metrics(metrics)
+        _check_metadata(metadata)
+        cid = self.resolve(ref)
+        _annotations.annotate(self, cid, metrics=clean, metadata=dict(metadata or {}), message=message)
+        return self.info(cid)
+
     # -- delete -----------------------------------------------------------------------------------------------
     def delete(self, refs: str | Iterable[str], *, dry_run: bool = False) -> DeletePlan:
         """Remove checkpoints (their manifests and tags). Their blobs stay until `gc`: another checkpoint may share
@@ -728,6 +740,7 @@ class Store:
             failpoint("delete.manifest")
             self._manifest_path(cid).unlink(missing_ok=True)
         fsync_dir(self.root / "checkpoints")
+        _annotations.remove(self.root, ids)
         self._sync_index()
 
     # -- gc ---------------------------------------------------------------------------------------------------
@@ -776,6 +789,7 @@ class Store:
             if dry_run:
                 return plan
             failpoint("gc.plan")
+            _annotations.remove_orphans(self.root, self._manifest_ids_on_disk())  # left by a crashed delete
             for digest, _ in garbage:
                 self.objects.delete(digest)
             for p in tmp:
