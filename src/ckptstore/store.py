@@ -335,9 +335,15 @@ class Store:
 
     show = info
 
-    def list(self, run: str | None = None) -> list[CheckpointInfo]:
-        """Checkpoints, newest first; only those of `run` when given."""
-        return self.catalog.infos(run=run)
+    def list(self, run: str | None = None, *, sort: str | None = None, reverse: bool = False) -> list[CheckpointInfo]:
+        """Checkpoints, newest first; only those of `run` when given. `sort`: 'step', 'created', 'name' or a
+        metric (best first; see _listing.sort_checkpoints), `reverse` flips it."""
+        infos = self.catalog.infos(run=run)
+        if sort is None and not reverse:
+            return infos
+        from ._listing import sort_checkpoints
+
+        return sort_checkpoints(infos, sort, reverse=reverse)
 
     def runs(self) -> list[str]:
         return self.catalog.runs()
@@ -587,7 +593,9 @@ class Store:
         if entry is None:
             names = [f.path for f in manifest.files]
             close = difflib.get_close_matches(path, names, n=3)
-            raise CheckpointNotFound(f"{manifest.name}/{path}", tuple(close))
+            exc = CheckpointNotFound(path, tuple(close), kind=f"file in {manifest.name!r}:")
+            exc.hint = f"'ckpt show {manifest.name}' lists its files."
+            raise exc
         return _load.read_file_bytes(self.objects, entry, verify=verify)
 
     def load(self, ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
