@@ -261,8 +261,8 @@ def test_save_of_a_trainer_checkpoint_takes_its_step_and_metrics_and_refuses_the
     them (given ones win). The output folder itself is a run, not a checkpoint: refused, nothing stored."""
     info = store.save(trainer_output / "checkpoint-4", "sst2/final")
     assert info.step == 4 and info.metrics == {"eval_loss": EVAL_LOSS[4], "eval_accuracy": 0.5 + 4 / 100}
-    given = store.save(trainer_output / "checkpoint-4", "sst2/mine", step=40, metrics={"acc": 1.0})
-    assert given.step == 40 and given.metrics == {"acc": 1.0}
+    given = store.save(trainer_output / "checkpoint-4", "sst2/mine", step=40, metrics={"acc": 1.0, "eval_loss": 0.1})
+    assert given.step == 40 and given.metrics == {"eval_loss": 0.1, "eval_accuracy": 0.5 + 4 / 100, "acc": 1.0}
 
     with pytest.raises(InvalidCheckpoint, match="is a Trainer output folder holding 3 checkpoint folders"):
         store.save(trainer_output, "sst2/everything")

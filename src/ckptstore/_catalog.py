@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS tags (run TEXT NOT NULL, tag TEXT NOT NULL, id TEXT N
 -- first): the only record that they existed, so that verify can name them. Cleared when the manifest comes back,
 -- or by reindex (which accepts the loss).
 CREATE TABLE IF NOT EXISTS lost (id TEXT PRIMARY KEY, name TEXT NOT NULL, noticed_at REAL NOT NULL);
+-- annotations/<id>.json as last read (stamp: inode, mtime, size), merged over the manifest's values by infos().
+CREATE TABLE IF NOT EXISTS annotations (
+    id TEXT PRIMARY KEY, stamp TEXT NOT NULL, metrics TEXT NOT NULL, metadata TEXT NOT NULL, message TEXT
+);
 """
 
 _COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, file_count, metrics, metadata"
@@ -146,6 +150,19 @@ class Catalog:
                 "INSERT INTO tags (run, tag, id) VALUES (?,?,?)", [(r, t, i) for (r, t), i in tags.items()]
             )
 
+    def annotation_stamps(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT id, stamp FROM annotations").fetchall())
+
+    def set_annotations(self, rows: Iterable[tuple[str, str, dict, dict, str | None]], *, removed: Iterable[str] = ()
+                        ) -> None:
+        """Index annotation documents: (id, stamp, metrics, metadata, message) each; drop those in `removed`."""
+        with self._tx():
+            self.db.executemany("DELETE FROM annotations WHERE id = ?", [(cid,) for cid in removed])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO annotations (id, stamp, metrics, metadata, message) VALUES (?,?,?,?,?)",
+                [(cid, stamp, json.dumps(m), json.dumps(md, default=str), msg) for cid, stamp, m, md, msg in rows],
+            )
+
     def _tx(self):
         return _Transaction(self.db)
 
@@ -182,10 +199,16 @@ class Catalog:
         tags: dict[str, list[str]] = {}
         for (_run, tag), cid in sorted(self.tags().items()):
             tags.setdefault(cid, []).append(tag)
+        # Annotations override or extend what the manifest saved (see _annotations).
+        notes = {r[0]: (json.loads(r[1]), json.loads(r[2]), r[3])
+                 for r in self.db.execute("SELECT id, metrics, metadata, message FROM annotations")}
+        none: tuple[dict, dict, str | None] = ({}, {}, None)
         out = [
             CheckpointInfo(
-                id=r[0], name=r[1], run=r[2], step=r[3], created_at=r[4], parent=r[5], message=r[6],
-                logical_bytes=r[7], file_count=r[8], metrics=json.loads(r[9]), metadata=json.loads(r[10]),
+                id=r[0], name=r[1], run=r[2], step=r[3], created_at=r[4], parent=r[5],
+                message=notes.get(r[0], none)[2] or r[6], logical_bytes=r[7], file_count=r[8],
+                metrics={**json.loads(r[9]), **notes.get(r[0], none)[0]},
+                metadata={**json.loads(r[10]), **notes.get(r[0], none)[1]},
                 tags=tuple(tags.get(r[0], ())),
             )
             for r in rows

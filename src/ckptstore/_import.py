@@ -21,6 +21,7 @@ from ._convert import FolderConversion, convert_folder_pickles
 from ._ingest import CONFIG_FILES, _is_weight_file, check_folder, folder_sources, ingest
 from ._names import MAX_NAME_LENGTH, check_run
 from ._objects import BlobHasher
+from ._trainer_facts import previous_checkpoint, with_hyperparameters
 from .errors import InvalidArgument, InvalidCheckpoint, NameChanged, NameExists, SourceNotFound
 
 if TYPE_CHECKING:
@@ -247,6 +248,7 @@ class _Importer:
         of it fails rather than leave a stale copy that looks current."""
         existing = self.store.catalog.id_for_name(name)
         files = check_folder(folder)
+        metadata = with_hyperparameters(folder, metadata)
         if root_only:
             files = [(rel, full) for rel, full in files if "/" not in rel]
         config = _read_json(folder / "config.json")
@@ -331,8 +333,9 @@ def import_folder(
     elif kind == "trainer checkpoint":
         step = int(CHECKPOINT_DIR.fullmatch(path.name).group(1))  # type: ignore[union-attr]
         state = _read_json(path / "trainer_state.json")
-        name = f"{run or safe_segment(here.parent.name)}/step-{step}"
-        imp.folder(path, name, step=step, metrics=eval_metrics(state, step), metadata={"import": source})
+        run = run or safe_segment(here.parent.name)
+        imp.folder(path, f"{run}/step-{step}", step=step, metrics=eval_metrics(state, step),
+                   parent_id=previous_checkpoint(store, run, step), metadata={"import": source})
     else:
         _import_trainer_output(imp, path, run or safe_segment(here.name), source)
     return imp.report(kind, path)
@@ -343,7 +346,8 @@ def _import_trainer_output(imp: _Importer, path: Path, run: str, source: dict[st
         (int(m.group(1)), d) for d in path.iterdir() if d.is_dir() and (m := CHECKPOINT_DIR.fullmatch(d.name))
     )
     states: list[tuple[int, dict[str, Any]]] = []
-    parent: str | None = None
+    # Lineage: each checkpoint's parent is the one before it, the first's the run's last stored before it.
+    parent = previous_checkpoint(imp.store, run, checkpoints[0][0]) if checkpoints else None
     for step, folder in checkpoints:
         state = _read_json(folder / "trainer_state.json")
         if state is not None:
@@ -353,9 +357,14 @@ def _import_trainer_output(imp: _Importer, path: Path, run: str, source: dict[st
             metadata={"import": {**source, "checkpoint": folder.name}},
         )
         parent = cid or parent
-    # The final model, when trainer.save_model() wrote it into the output folder itself.
     root_state = _read_json(path / "trainer_state.json")
-    if any(f.is_file() and (f.name in CONFIG_FILES or _is_weight_file(f.name)) for f in path.iterdir()):
+    top = [f for f in path.iterdir() if f.is_file()]
+    if not any(f.name in CONFIG_FILES for f in top):
+        # Without a config beside them, weights at the top are not a final model but something saved by hand (a
+        # state dict, an export for another tool): not a checkpoint of this run, so not a failed import either.
+        for f in sorted(f for f in top if _is_weight_file(f.name)):
+            imp.notes.append(f"{f.name}: not a checkpoint (no config.json beside it in the output folder), skipped")
+    else:  # the final model, when trainer.save_model() wrote it into the output folder itself
         step = int((root_state or {}).get("global_step") or (checkpoints[-1][0] if checkpoints else 0)) or None
         imp.guarded(
             path, f"{run}/final", step=step, metrics=eval_metrics(root_state, step) if step else {},

@@ -195,6 +195,14 @@ def after_save(store: "Store", run: str) -> PruneResult | None:
     return None
 
 
+def update_tags_locked(store: "Store", run: str) -> None:
+    """Move the run's latest/best tags after something other than a save changed what they follow (an annotated
+    metric); the caller holds the objects and commit locks, as a save does. Runs without settings have none."""
+    settings = read_settings(store, run)
+    if settings is not None:
+        _update_tags(store, run, settings)
+
+
 def _update_tags(store: "Store", run: str, settings: RunSettings) -> None:
     """Point RUN:latest at the highest step and RUN:best at the best checkpoint; caller holds the commit lock."""
     _leases.sync_locked(store)

@@ -31,6 +31,7 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
 
     CompatibilityWarning (UserWarning)      a checkpoint saved by a newer transformers than the one installed
     RetentionWarning (UserWarning)          a save succeeded but applying the run's policy afterwards failed
+    StepMismatchWarning (UserWarning)       a checkpoint-N folder saved under a name whose step its state denies
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "RetentionWarning",
     "ShapeMismatch",
     "SourceNotFound",
+    "StepMismatchWarning",
     "StoreLocked",
     "StoreNotFound",
     "UnsafePickle",
@@ -247,3 +249,8 @@ class RetentionWarning(UserWarning):
 
 class CompatibilityWarning(UserWarning):
     """The checkpoint was saved by a newer transformers than the one installed; it may not load or run the same."""
+
+
+class StepMismatchWarning(UserWarning):
+    """A Trainer checkpoint folder was saved under a name whose step differs from its trainer_state.json's
+    global_step: one of the two is probably a mistake (a renamed or copied folder, a typo in the name)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _deletions, _load, _retention
+from . import _annotations, _deletions, _load, _retention
 from ._backend import atomic_write_bytes, fsync_dir
 from ._catalog import Catalog
 from ._failpoints import failpoint
@@ -242,6 +242,7 @@ class Store:
         tags = {k: v for k, v in self.refs.all().items() if v in disk}
         if tags != cat.tags():
             cat.set_tags(tags)
+        _annotations.sync(self.root, cat)
 
     def reindex(self) -> int:
         """Throw the index away and rebuild it from manifests and refs. Returns the number of checkpoints."""
@@ -330,9 +331,15 @@ class Store:
 
     show = info
 
-    def list(self, run: str | None = None) -> list[CheckpointInfo]:
-        """Checkpoints, newest first; only those of `run` when given."""
-        return self.catalog.infos(run=run)
+    def list(self, run: str | None = None, *, sort: str | None = None, reverse: bool = False) -> list[CheckpointInfo]:
+        """Checkpoints, newest first; only those of `run` when given. `sort`: 'step', 'created', 'name' or a
+        metric (best first; see _listing.sort_checkpoints), `reverse` flips it."""
+        infos = self.catalog.infos(run=run)
+        if sort is None and not reverse:
+            return infos
+        from ._listing import sort_checkpoints
+
+        return sort_checkpoints(infos, sort, reverse=reverse)
 
     def runs(self) -> list[str]:
         return self.catalog.runs()
@@ -390,20 +397,21 @@ class Store:
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise InvalidArgument(f"step must be a whole number >= 0, got {step!r}.",
                                   hint="The training step the checkpoint was saved at, e.g. step=500.")
+        name_step = step_from_name(name)
         if step is None:
-            step = step_from_name(name)
+            step = name_step
+        parent_id = self.resolve(parent) if parent else None
         if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
-            from ._import import refuse_trainer_output, trainer_state_facts
+            from ._import import refuse_trainer_output
+            from ._trainer_facts import folder_defaults
 
             refuse_trainer_output(Path(src))
-            state_step, state_metrics = trainer_state_facts(Path(src))  # a Trainer checkpoint-N folder
-            if step is None:
-                step = state_step
-            if metrics is None and state_step is not None and state_step == step:
-                metrics = state_metrics
+            step, metrics, metadata, parent_id = folder_defaults(  # a Trainer checkpoint-N folder
+                self, Path(src), name, step=step, name_step=name_step, metrics=metrics, metadata=metadata,
+                parent_id=parent_id,
+            )
         clean_metrics = _check_metrics(metrics)
         _check_metadata(metadata)
-        parent_id = self.resolve(parent) if parent else None
         if self.catalog.id_for_name(name) is not None:
             raise NameExists(name)
 
@@ -581,7 +589,9 @@ class Store:
         if entry is None:
             names = [f.path for f in manifest.files]
             close = difflib.get_close_matches(path, names, n=3)
-            raise CheckpointNotFound(f"{manifest.name}/{path}", tuple(close))
+            exc = CheckpointNotFound(path, tuple(close), kind=f"file in {manifest.name!r}:")
+            exc.hint = f"'ckpt show {manifest.name}' lists its files."
+            raise exc
         return _load.read_file_bytes(self.objects, entry, verify=verify)
 
     def load(self, ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
@@ -688,6 +698,17 @@ class Store:
             self._sync_index()
         return cid
 
+    def annotate(self, ref: str, *, metrics: Mapping[str, float] | None = None,
+                 metadata: Mapping[str, Any] | None = None, message: str | None = None) -> CheckpointInfo:
+        """Add metrics, metadata or a message to a stored checkpoint (its manifest stays as saved): they override
+        or extend the saved ones wherever the checkpoint is listed, sorted or ranked, and RUN:best moves if the
+        run's best changes. Returns the checkpoint's record with the merged values."""
+        clean = _check_metrics(metrics)
+        _check_metadata(metadata)
+        cid = self.resolve(ref)
+        _annotations.annotate(self, cid, metrics=clean, metadata=dict(metadata or {}), message=message)
+        return self.info(cid)
+
     # -- delete -----------------------------------------------------------------------------------------------
     def delete(self, refs: str | Iterable[str], *, dry_run: bool = False) -> DeletePlan:
         """Remove checkpoints (their manifests and tags). Their blobs stay until `gc`: another checkpoint may share
@@ -723,6 +744,7 @@ class Store:
             failpoint("delete.manifest")
             self._manifest_path(cid).unlink(missing_ok=True)
         fsync_dir(self.root / "checkpoints")
+        _annotations.remove(self.root, ids)
         self._sync_index()
 
     # -- gc ---------------------------------------------------------------------------------------------------
@@ -771,6 +793,7 @@ class Store:
             if dry_run:
                 return plan
             failpoint("gc.plan")
+            _annotations.remove_orphans(self.root, self._manifest_ids_on_disk())  # left by a crashed delete
             for digest, _ in garbage:
                 self.objects.delete(digest)
             for p in tmp:

@@ -132,3 +132,13 @@ def source_digests(sources) -> dict[Path, dict[str, str]]:
 def copy_store(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+def pytest_collection_modifyitems(config, items):
+    # These tests save the same six training folders (each with a trainer_state.json) under whatever names suit the
+    # scenario; the step-mismatch warning a user would get for that is beside their point (crash and I/O safety).
+    here = Path(__file__).parent
+    mark = pytest.mark.filterwarnings("ignore::ckptstore.errors.StepMismatchWarning")
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(mark)

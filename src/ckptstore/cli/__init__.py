@@ -21,6 +21,8 @@ COMMANDS = [
     ("cmd_save", "save"),
     ("cmd_ls", "ls"),
     ("cmd_show", "show"),
+    ("cmd_cat", "cat"),
+    ("cmd_annotate", "annotate"),
     ("cmd_export", "export"),
     ("cmd_checkout", "checkout"),
     ("cmd_tag", "tag"),
@@ -37,6 +39,7 @@ COMMANDS = [
     ("cmd_log", "log"),
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
+    ("cmd_completion", "completion"),
 ]
 
 

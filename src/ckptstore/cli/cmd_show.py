@@ -66,6 +66,9 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         parameters += (f" (buffers not counted: {', '.join(buffers)}, {sum(buffers.values()):,} values)"
                        if len(buffers) <= 3 else f" ({len(buffers)} buffers, {sum(buffers.values()):,} values, not counted)")
     env = manifest.environment
+    # Recorded from a Trainer folder (trainer_state.json, JSON args files): a row of their own, not one long value.
+    hyper = info.metadata.get("hyperparameters")
+    hyper = hyper if isinstance(hyper, dict) else {}
     rows: list[tuple[str, str | list[str]]] = [
         ("name", info.name), ("id", info.id), ("run", info.run), ("step", "-" if info.step is None else info.step), ("created", info.created_at_str),
         ("tags", ", ".join(info.tags) or "-"), ("message", info.message or "-"),
@@ -73,7 +76,9 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         ("parameters", parameters),
         ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in inside["parameter_dtypes"].items()) or "-"),
         ("metrics", ", ".join(f"{k}={v:.6g}" for k, v in info.metrics.items()) or "-"),
-        ("metadata", [f"{k}: {_value(v)}" for k, v in info.metadata.items()] or "-"),
+        ("metadata", [f"{k}: {_value(v)}" for k, v in info.metadata.items()
+                      if not (k == "hyperparameters" and hyper)] or "-"),
+        ("hyperparameters", [f"{k}: {_value(v)}" for k, v in hyper.items()] or "-"),
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"

@@ -1,0 +1,249 @@
+"""`Repository`: one store's storage, catalog, locks and references, for the operations in ``_ops`` to act on.
+
+It owns no policy and no feature: it knows where each document lives, how the catalog (a SQLite cache) is kept in
+line with the documents (the truth), which locks a writer takes, and how a reference resolves to an id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .._backend.protocols import Backend
+from .._core.failpoints import failpoint
+from .._core.hashing import is_digest
+from .._core.info import CheckpointInfo
+from .._core.names import run_of, split_tag_ref
+from .._core.suggest import close_matches
+from .._format.manifest import Manifest, manifest_id
+from ..config import StoreConfig
+from ..errors import AmbiguousReference, CheckpointNotFound, CkptError, CorruptObject, InvalidArgument
+from . import documents as keys
+from . import format1
+from .catalog import Catalog
+from .refs import Refs
+
+MIN_ID_PREFIX = 4
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: StoreConfig, *, index_path: Path | None = None) -> None:
+        self.backend = backend
+        self.blobs = backend.blobs
+        self.docs = backend.documents
+        self.coord = backend.coordination
+        self.config = config
+        self.scratch = Path(backend.scratch)
+        self.tmp = self.scratch / "tmp"
+        self.index_path = index_path or self.scratch / "index.sqlite"
+        self.refs = Refs(self.docs)
+        self._catalog: Catalog | None = None
+        self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
+        self._commit_owner: int | None = None  # the thread holding the commit lock through this repository
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    # -- locks ----------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held for a whole save: keeps gc from deleting blobs this save has written or decided to reuse. The gate,
+        taken briefly, lets a waiting gc in before a stream of saves could starve it."""
+        with self.coord.lock("gate", exclusive=False):
+            pass
+        with self.coord.lock("objects", exclusive=False):
+            yield
+
+    @contextlib.contextmanager
+    def commit_lock(self) -> Iterator[None]:
+        # Re-entrant for the thread that holds it (code that holds it calls helpers that take it too); another
+        # thread of this process waits like any other process.
+        me = threading.get_ident()
+        if self._commit_owner == me:
+            yield
+            return
+        with self.coord.lock("commit"):
+            self._commit_owner = me
+            try:
+                yield
+            finally:
+                self._commit_owner = None
+
+    # -- manifests and names ----------------------------------------------------------------------------------------
+    def read_manifest(self, cid: str) -> Manifest:
+        got = self.docs.get(keys.manifest_key(cid))
+        if got is None:
+            raise CheckpointNotFound(cid)
+        return Manifest.from_bytes(got[0], expected_id=cid)
+
+    def write_manifest(self, manifest: Manifest) -> str:
+        """Store the manifest (immutable: a second write of the same bytes is a no-op). Returns its id."""
+        data = manifest.to_bytes()
+        cid = manifest_id(data)
+        failpoint("manifest.write")
+        self.docs.create(keys.manifest_key(cid), data)
+        return cid
+
+    def manifest_ids(self) -> set[str]:
+        out = set()
+        for key in self.docs.list(keys.MANIFESTS):
+            stem = key[len(keys.MANIFESTS):]
+            if stem.endswith(".json") and is_digest(stem[:-5]):
+                out.add(stem[:-5])
+        return out
+
+    def claim(self, name: str, cid: str) -> bool:
+        """Claim `name` for checkpoint `cid`: the commit point of a save. False when the name is taken."""
+        failpoint("name.claim")
+        return self.docs.create(keys.name_key(name), (cid + "\n").encode())
+
+    def release(self, name: str) -> None:
+        failpoint("name.release")
+        self.docs.remove(keys.name_key(name))
+
+    def claims(self) -> dict[str, str]:
+        """name -> id of every claimed name. Claims never change once written (a delete removes one, a rename
+        writes a new one), so only claims the catalog does not know with a live manifest are read."""
+        cat = self._catalog
+        if self.config.format < 2:
+            return format1.claims(self, cat.names_by_id() if cat is not None else {})
+        on_disk = self.manifest_ids()
+        out: dict[str, str] = {}
+        for key in self.docs.list(keys.NAMES):
+            name = keys.name_of_key(key)
+            cid = cat.id_for_name(name) if cat is not None else None
+            if cid is None or cid not in on_disk:
+                got = self.docs.get(key)
+                cid = got[0].decode("ascii", "replace").strip() if got else None
+            if cid and is_digest(cid):
+                out[name] = cid
+        return out
+
+    def record_deleted(self, items: Iterable[tuple[str, str]]) -> None:
+        """One deletion record per checkpoint, durable before the delete removes anything: what tells a checkpoint
+        the store deleted from one lost behind its back."""
+        failpoint("delete.log")
+        for cid, name in items:
+            self.docs.create(keys.deleted_key(cid), (name + "\n").encode())
+
+    def was_deleted(self, cid: str) -> bool:
+        if self.config.format < 2:
+            return any(c == cid for c, _ in format1.deletions(self))
+        return self.docs.get(keys.deleted_key(cid)) is not None
+
+    # -- the catalog -------------------------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.index_path)
+            # No lock: readers must not wait for a writer (one stopped in its commit would block them all). A sync
+            # that races a delete may index a checkpoint about to go; the next sync drops it (its deletion record
+            # is written first), so the race cannot make a checkpoint look lost.
+            self.sync()
+        return self._catalog
+
+    def sync(self) -> None:
+        """Bring the catalog in line with the documents (they are the truth)."""
+        cat = self._catalog
+        if cat is None:
+            self.catalog  # opening syncs
+            return
+        disk = self.manifest_ids()
+        claims = self.claims()
+        visible = {cid: name for name, cid in claims.items() if cid in disk}
+        indexed = cat.names_by_id()
+        renamed = {cid for cid, name in indexed.items() if cid in visible and visible[cid] != name}
+        extra = set(indexed) - set(visible) | renamed
+        if extra:
+            deleted = {cid for cid in extra if cid in renamed or self.was_deleted(cid)}
+            cat.remove_many(deleted)
+            cat.remove_many(extra - deleted, lost=True)
+        lost = [(cid, name) for name, cid in claims.items()
+                if cid not in disk and cid not in indexed and not self.was_deleted(cid)]
+        if lost:
+            cat.add_lost(lost)
+        missing = set(visible) - (set(indexed) - extra) - set(self.damaged_manifests)
+        if missing:
+            found = []
+            for cid in sorted(missing):
+                try:
+                    manifest = self.read_manifest(cid)
+                except CkptError as exc:
+                    self.damaged_manifests[cid] = exc.message
+                    continue
+                name = visible[cid]
+                if manifest.name != name:  # renamed since it was saved: the claim names it
+                    manifest = dataclasses.replace(manifest, name=name, run=run_of(name))
+                found.append((cid, manifest))
+            found.sort(key=lambda item: item[1].created_at)
+            cat.add_many(found)
+        tags = {k: v for k, v in self.refs.all().items() if v in visible}
+        if tags != cat.tags():
+            cat.set_tags(tags)
+
+    def reindex(self) -> int:
+        """Throw the catalog away and rebuild it from the documents. Returns the number of checkpoints."""
+        with self.commit_lock():  # no other process is writing the catalog meanwhile
+            self.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self.index_path) + suffix).unlink(missing_ok=True)
+            self.damaged_manifests.clear()
+            return len(self.catalog.ids())
+
+    # -- references --------------------------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> str:
+        """The id of the checkpoint `ref` names: a name, ``RUN:TAG``, or an id or unambiguous id prefix."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidArgument("Empty reference.", hint="Give a checkpoint name, RUN:TAG or an id prefix.")
+        cat = self.catalog
+        tag_ref = split_tag_ref(ref)
+        if tag_ref is not None:
+            run, tag = tag_ref
+            cid = self.refs.get(run, tag)
+            if cid is not None and cat.has(cid):
+                return cid
+            run_tags = sorted(f"{r}:{t}" for (r, t) in cat.tags() if r == run)
+            raise CheckpointNotFound(ref, close_matches(ref, run_tags, cutoff=0.5) or tuple(run_tags[:3]), run=run)
+        cid = cat.id_for_name(ref)
+        if cid is not None:
+            return cid
+        lowered = ref.lower()
+        hexadecimal = all(c in "0123456789abcdef" for c in lowered)
+        if len(lowered) >= MIN_ID_PREFIX and hexadecimal:
+            matches = cat.ids_with_prefix(lowered)
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                names = {c.id: c.name for c in cat.infos(ids=matches)}
+                raise AmbiguousReference(ref, tuple(f"{m[:12]} ({names.get(m, '?')})" for m in matches))
+        names = cat.names()
+        candidates = close_matches(ref, names, cutoff=0.6)
+        if not candidates:
+            candidates = tuple(n for n in names if n.startswith(ref.rstrip("/") + "/"))[:3]
+        exc = CheckpointNotFound(ref, candidates, run=run_of(ref) if run_of(ref) in cat.runs() else None)
+        if not candidates and 0 < len(lowered) < MIN_ID_PREFIX and hexadecimal:
+            exc.hint = f"An id prefix needs at least {MIN_ID_PREFIX} hex digits ('ckpt ls' shows ids)."
+        raise exc
+
+    def info(self, cid: str) -> CheckpointInfo:
+        infos = self.catalog.infos(ids=[cid])
+        if not infos:
+            raise CheckpointNotFound(cid)
+        return infos[0]
+
+    def check_run(self, run: str) -> str:
+        """`run` if it has checkpoints; else CheckpointNotFound naming the closest runs."""
+        runs = self.catalog.runs()
+        if run not in runs:
+            raise CheckpointNotFound(run, close_matches(run, runs, cutoff=0.5), kind="run")
+        return run
+
