@@ -46,7 +46,7 @@ def test_annotations_merge_over_the_manifest_and_survive_a_reindex(two, ckpt):
         fresh.fsck(reindex=True)
         assert fresh.info("run/step-2").message == "shipped"
     shown = ckpt("show", "run/step-2", store=store.root)
-    assert "test_acc=0.95" in shown.out and "reviewer=ana" in shown.out and "shipped" in shown.out
+    assert "test_acc=0.95" in shown.out and "reviewer: ana" in shown.out and "shipped" in shown.out
 
 
 def test_an_annotation_that_changes_the_best_moves_the_best_tag_and_retention_sees_it(two):
