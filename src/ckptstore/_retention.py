@@ -6,13 +6,16 @@ all apply the same rules::
 
     {"format": 1, "policy": {"keep_last": 3, ...} or null, "best": {"metric": "eval_loss", "mode": "min"} or null}
 
-A settings file exists for every run that has a policy or a training integration; for those runs the store
-moves ``latest`` (highest step) and ``best`` (best value of the best metric) after every save and every prune.
+A settings file exists for every run that has a policy or a training integration. Every run, with settings or
+without, has its ``latest`` (:func:`~ckptstore.policies.latest_of`: the highest step) and ``best`` (best value of
+the run's best metric, :attr:`RunSettings.best`) moved by the store after every save, delete, prune, import and
+convert; they are never set by hand, so they always say what the checkpoints say.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +23,7 @@ from . import _leases
 from ._backend import atomic_write_bytes
 from ._names import check_run
 from .errors import InvalidArgument, PolicyError
-from .policies import BestN, LatestN, RetentionPlan, RetentionPolicy
+from .policies import BestN, RetentionPlan, RetentionPolicy, latest_of
 
 if TYPE_CHECKING:
     from .store import Store
@@ -184,24 +187,36 @@ def prune(
 
 
 def after_save(store: "Store", run: str) -> PruneResult | None:
-    """What a save does once its checkpoint is committed: apply the run's policy and move its tags."""
+    """What a save does once its checkpoint is committed: apply the run's policy, if it has one, and move its
+    tags (every run's)."""
     settings = read_settings(store, run)
-    if settings is None:
-        return None
-    if settings.policy is not None:
+    if settings is not None and settings.policy is not None:
         return prune(store, run, settings.policy)
-    with store._writing(), store._commit_lock():
-        _update_tags(store, run, settings)
+    update_tags(store, [run])
     return None
 
 
+def update_tags(store: "Store", runs: Iterable[str]) -> None:
+    """Move the latest/best tags of `runs` to what their checkpoints say now: after a delete, an import or a
+    convert (which change a run's checkpoints without applying its policy). Takes the locks a save takes."""
+    with store._writing(), store._commit_lock():
+        update_tags_locked(store, runs)
+
+
+def update_tags_locked(store: "Store", runs: Iterable[str]) -> None:
+    """:func:`update_tags` for a caller that holds the objects (shared) and commit locks already."""
+    for run in sorted(set(runs)):
+        _update_tags(store, run, read_settings(store, run) or RunSettings())
+
+
 def _update_tags(store: "Store", run: str, settings: RunSettings) -> None:
-    """Point RUN:latest at the highest step and RUN:best at the best checkpoint; caller holds the commit lock."""
+    """Point RUN:latest at the latest checkpoint and RUN:best at the best one; caller holds the commit lock."""
     _leases.sync_locked(store)
-    infos = store.list(run)
     metric, mode = settings.best
+    infos = store.catalog.tag_facts(run, metric)  # an index query: this runs after every save
+    latest = latest_of(infos)
     wanted = {
-        "latest": next(iter(LatestN(1).reasons(infos)), None),
+        "latest": latest.id if latest is not None else None,
         "best": next((c.id for c in BestN(1, metric, mode).ranked(infos)), None),  # type: ignore[arg-type]
     }
     changed = False
