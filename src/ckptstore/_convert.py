@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import _retention
 from ._capture import capture_model, tensors_source
 from ._ingest import SourceFile, bytes_source
 from ._load import load_state_dict, read_file_bytes, weight_files
 from ._manifest import Manifest
-from ._names import check_name, run_of
+from ._names import check_name
 from ._safetensors import ST_TO_TORCH
 from .errors import InvalidArgument, InvalidCheckpoint, NameExists, UnsafePickle
 
@@ -303,9 +302,8 @@ def convert_checkpoint(
             sources, name, parent_id=src_id, step=manifest.step, metadata={"converted": record},
             message=f"converted from {manifest.name}", keep=keep,
         )
-    # The run's latest and best stay where they were (a conversion is neither), but a new run gets its own.
-    # Not the run's policy: converting is not a training save, and must not be what deletes checkpoints.
-    _retention.update_tags(store, [run_of(name)])
+    # The commit moved the run's tags (a conversion is neither latest nor best of a run that has its source);
+    # the run's policy is not applied: converting is not a training save and must not be what deletes checkpoints.
     return store.info(cid)
 
 

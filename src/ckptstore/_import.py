@@ -21,7 +21,7 @@ from . import _retention
 from ._convert import FolderConversion, convert_folder_pickles
 from ._info import CheckpointInfo
 from ._ingest import CONFIG_FILES, _is_weight_file, check_folder, folder_sources, ingest
-from ._names import MAX_NAME_LENGTH, RESERVED_TAGS, check_run, run_of
+from ._names import MAX_NAME_LENGTH, RESERVED_TAGS, check_run
 from ._objects import BlobHasher
 from .errors import InvalidArgument, InvalidCheckpoint, NameChanged, NameExists, SourceNotFound
 
@@ -308,11 +308,6 @@ class _Importer:
         self.store.tag(cid, tag)
         self.tags.append(f"{run}:{tag}")
 
-    def update_tags(self) -> None:
-        """Give every run this import touched its latest and best (imports store through _save_sources, which
-        leaves tags and policies to its caller; the run's policy is not applied: an import deletes nothing)."""
-        _retention.update_tags(self.store, {run_of(i.name) for i in self.items if i.id is not None})
-
 
 def import_folder(
     store: "Store",
@@ -345,7 +340,6 @@ def import_folder(
         imp.folder(path, name, step=step, metrics=eval_metrics(state, step), metadata={"import": source})
     else:
         _import_trainer_output(imp, path, run or safe_segment(here.name), source)
-    imp.update_tags()
     return imp.report(kind, path)
 
 
@@ -460,7 +454,6 @@ def import_hf_cache(
         if cid is not None:
             for ref in refs:
                 imp.tag(cid, run, safe_segment(ref.replace("/", "-"), fallback="ref"))
-    imp.update_tags()
     return imp.report("hf cache", cache)
 
 

@@ -187,26 +187,25 @@ def prune(
 
 
 def after_save(store: "Store", run: str) -> PruneResult | None:
-    """What a save does once its checkpoint is committed: apply the run's policy, if it has one, and move its
-    tags (every run's)."""
+    """What a save does once its checkpoint is committed (which moved the run's latest and best): apply the run's
+    policy, if it has one."""
     settings = read_settings(store, run)
     if settings is not None and settings.policy is not None:
         return prune(store, run, settings.policy)
-    update_tags(store, [run])
     return None
 
 
-def update_tags(store: "Store", runs: Iterable[str]) -> None:
-    """Move the latest/best tags of `runs` to what their checkpoints say now: after a delete, an import or a
-    convert (which change a run's checkpoints without applying its policy). Takes the locks a save takes."""
-    with store._writing(), store._commit_lock():
-        update_tags_locked(store, runs)
-
-
 def update_tags_locked(store: "Store", runs: Iterable[str]) -> None:
-    """:func:`update_tags` for a caller that holds the objects (shared) and commit locks already."""
+    """Move the latest/best tags of `runs` to what their checkpoints say now: every commit of a checkpoint (save,
+    import, convert) and every delete does it. The caller holds the objects (shared) and commit locks."""
     for run in sorted(set(runs)):
-        _update_tags(store, run, read_settings(store, run) or RunSettings())
+        try:
+            settings = read_settings(store, run) or RunSettings()
+        except PolicyError:
+            # Unreadable settings must not fail the commit of a checkpoint; applying the policy after the save
+            # reports them (RetentionWarning). Meanwhile best follows the default metric.
+            settings = RunSettings()
+        _update_tags(store, run, settings)
 
 
 def _update_tags(store: "Store", run: str, settings: RunSettings) -> None:

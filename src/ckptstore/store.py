@@ -97,7 +97,8 @@ def _model_facts(files: list[FileEntry], read_config: Callable[[str], bytes | No
 
 @dataclass(frozen=True)
 class DeletePlan:
-    """What `delete` removes: the checkpoints, the tags that pointed at them, and the bytes `gc` can then free."""
+    """What `delete` removes: the checkpoints, the tags that go with them, and the bytes `gc` can then free. A run's
+    `latest` and `best` go only with its last checkpoint; otherwise they move to what the run keeps."""
 
     checkpoints: tuple[CheckpointInfo, ...]
     tags: tuple[str, ...]  # "run:tag"
@@ -534,6 +535,10 @@ class Store:
                     previous[tag] = self.refs.get(manifest.run, tag)
                     self.refs.set(manifest.run, tag, cid)
                 self.catalog.add_many([(cid, manifest)])
+                # The run's latest and best move as part of the commit: a save whose latest could not move would
+                # leave a resume from RUN:latest on an older step.
+                previous.update({t: self.refs.get(manifest.run, t) for t in RESERVED_TAGS})
+                _retention.update_tags_locked(self, [manifest.run])
                 self._sync_index()
             except BaseException:
                 # A save that raises must leave nothing behind: its caller retries under the same name (and would
