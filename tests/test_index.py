@@ -22,8 +22,7 @@ def populated(tmp_path, tiny_bert, tiny_bert_dir):
         store.save(tiny_bert_dir, "bert/step-100", metrics={"eval_loss": 0.7}, tags=["v1"])
         store.save(model, "bert/step-200", metrics={"eval_loss": 0.5}, metadata={"lr": 1e-4}, parent="bert/step-100",
                    message="second")
-        store.save(tiny_bert_dir, "other/final")
-        store.tag("bert/step-200", "best")
+        store.save(tiny_bert_dir, "other/final")  # bert:best is the store's: step-200, the lower eval_loss
         listed = store.list()
         usage = store.du()
     return root, (listed, usage), model.state_dict()

@@ -16,12 +16,11 @@ LOSSES = {300: 0.52, 100: 0.91, 400: 0.47, 200: 0.63, 500: 0.49}
 @pytest.fixture
 def run_store(store, tiny_bert):
     """One run saved out of step order, each checkpoint with eval_loss and (from step 200) accuracy; step 400 is
-    tagged best and step 200 tagged v1."""
+    the run's best (tagged by the store) and step 200 tagged v1."""
     model = tiny_bert()
     for step, loss in LOSSES.items():
         metrics = {"eval_loss": loss, **({"eval_accuracy": 1 - loss / 2} if step >= 200 else {})}
         store.save(model, f"bert/step-{step}", metrics=metrics)
-    store.tag("bert/step-400", "best")
     store.tag("bert/step-200", "v1")
     return store
 

@@ -22,6 +22,7 @@ from ckptstore.policies import (
     Decision,
     EveryNSteps,
     LatestN,
+    OnPurpose,
     Policy,
     RetentionPlan,
     RetentionPolicy,
@@ -297,7 +298,7 @@ def test_a_metric_without_keep_best_is_fine() -> None:
 def test_retention_policy_is_built_from_policy_objects() -> None:
     p = RetentionPolicy(keep_last=3, keep_best=2, metric="acc", mode="max", keep_every=500)
     assert p.rules() == (LatestN(3), BestN(2, "acc", "max"), EveryNSteps(500))
-    assert p.as_policy() == AnyOf(LatestN(3), BestN(2, "acc", "max"), EveryNSteps(500), Tagged())
+    assert p.as_policy() == AnyOf(LatestN(3), BestN(2, "acc", "max"), EveryNSteps(500), Tagged(), OnPurpose())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def test_save_applies_the_run_policy_and_maintains_latest_and_best(store):
     put(store, "other", 1)
     put(store, "other", 2)
     assert names(store, "other") == ["other/step-1", "other/step-2"]
-    assert tag_target(store, "other:latest") is None  # no policy, no integration: the store moves no tags
+    assert tag_target(store, "other:latest") == "other/step-2"  # no policy: tags are maintained all the same
+    assert tag_target(store, "other:best") is None  # no checkpoint of it has eval_loss
 
 
 def test_user_tag_pins_and_missing_metric_is_explained(store):
@@ -137,9 +138,10 @@ def test_the_runs_best_is_never_pruned_whatever_the_rules(store):
     with pytest.raises(InvalidArgument, match="b:best is kept up to date by ckptstore"):
         store.tag("b/step-4", "best")
     store.tag("b/step-4", "chosen")
-    # A run without a policy or training integration keeps no such tags: there "best" is the user's to set.
+    # So in a run without a policy or training integration: the store moves its latest and best there too.
     put(store, "c", 1)
-    assert "best" in store.tag("c/step-1", "best").tags
+    with pytest.raises(InvalidArgument, match="c:best is kept up to date by ckptstore"):
+        store.tag("c/step-1", "best")
 def test_policy_that_would_delete_everything_is_refused(store, ckpt):
     with pytest.raises(PolicyError, match="would delete every checkpoint"):
         RetentionPolicy(keep_last=0)

@@ -113,7 +113,7 @@ def test_save_folder_records_what_was_given(store, tiny_bert_dir):
     assert isinstance(info, CheckpointInfo)
     sizes = {p.name: p.stat().st_size for p in tiny_bert_dir.iterdir()}
     assert (info.name, info.run, info.step) == ("bert/step-200", "bert", 200)
-    assert info.tags == ("v1",)
+    assert info.tags == ("best", "latest", "v1")  # best and latest: the store's, for every run
     assert info.metrics == {"eval_loss": 0.5}
     assert info.metadata == {"lr": 3e-5, "note": "x"}
     assert info.parent == parent.id
@@ -192,7 +192,7 @@ def test_bad_steps_and_sources_are_refused_with_a_hint(store, tiny_bert_dir, tmp
 
 
 def test_a_single_tag_string_is_one_tag(store, tiny_bert_dir):
-    assert store.save(tiny_bert_dir, "t/step-1", tags="prod").tags == ("prod",)
+    assert store.save(tiny_bert_dir, "t/step-1", tags="prod").tags == ("latest", "prod")
 
 
 def test_saving_the_folder_that_holds_the_store_leaves_the_store_out(tiny_bert_dir, tree_sha256, tmp_path):
@@ -235,10 +235,10 @@ def test_load_tokenizer_without_tokenizer_files_says_so(store, tiny_bert_dir):
 
 
 def test_references_resolve_name_tag_and_id_prefix(store, tiny_bert_dir):
-    a = store.save(tiny_bert_dir, "bert/step-500", tags=["best"])
+    a = store.save(tiny_bert_dir, "bert/step-500", tags=["chosen"])
     b = store.save(tiny_bert_dir, "bert/step-600")
     assert store.resolve("bert/step-500") == a.id
-    assert store.resolve("bert:best") == a.id
+    assert store.resolve("bert:chosen") == a.id
     assert store.resolve(a.id) == a.id
     assert store.resolve(a.id[:8]) == a.id
     assert store.resolve(a.id[:8].upper()) == a.id
@@ -276,9 +276,9 @@ def test_tag_operations_on_a_freshly_opened_store(store, tiny_bert_dir):
     with Store.open(store.root) as fresh:
         assert fresh.untag("bert:rc") == info.id
     with Store.open(store.root) as fresh:
-        assert fresh.list()[0].tags == ()
+        assert fresh.list()[0].tags == ("latest",)
         fresh.close()
-        assert fresh.tag("bert/step-1", "v2").tags == ("v2",)
+        assert fresh.tag("bert/step-1", "v2").tags == ("latest", "v2")
 
 
 def test_unknown_name_suggests_close_names(store, tiny_bert_dir):
@@ -297,7 +297,7 @@ def test_unknown_tag_suggests_tags_of_the_run(store, tiny_bert_dir):
     store.save(tiny_bert_dir, "bert/step-1", tags=["v1.0.0"])
     with pytest.raises(CheckpointNotFound) as exc:
         store.resolve("bert:v1.0")
-    assert exc.value.candidates == ("bert:v1.0.0",)
+    assert exc.value.candidates[0] == "bert:v1.0.0"
 
 
 def test_an_id_prefix_too_short_says_how_long_it_must_be(store, tiny_bert_dir):

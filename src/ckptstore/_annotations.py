@@ -94,7 +94,7 @@ def annotate(store: "Store", cid: str, *, metrics: Mapping[str, float], metadata
         _folder(store.root).mkdir(exist_ok=True)
         atomic_write_bytes(_doc_path(store.root, cid), data, store.root / "tmp", failpoint_name="annotation")
         store._sync_index()
-        _retention.update_tags_locked(store, store.catalog.infos(ids=[cid])[0].run)
+        _retention.update_tags_locked(store, [store.catalog.infos(ids=[cid])[0].run])
 
 
 def remove(root: Path, ids: Iterable[str]) -> None:

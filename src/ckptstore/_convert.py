@@ -302,6 +302,8 @@ def convert_checkpoint(
             sources, name, parent_id=src_id, step=manifest.step, metadata={"converted": record},
             message=f"converted from {manifest.name}", keep=keep,
         )
+    # The commit moved the run's tags (a conversion is neither latest nor best of a run that has its source);
+    # the run's policy is not applied: converting is not a training save and must not be what deletes checkpoints.
     return store.info(cid)
 
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _retention
 from ._convert import FolderConversion, convert_folder_pickles
+from ._info import CheckpointInfo
 from ._ingest import CONFIG_FILES, _is_weight_file, check_folder, folder_sources, ingest
-from ._names import MAX_NAME_LENGTH, check_run
+from ._names import MAX_NAME_LENGTH, RESERVED_TAGS, check_run
 from ._objects import BlobHasher
 from ._trainer_facts import previous_checkpoint, with_hyperparameters
 from .errors import InvalidArgument, InvalidCheckpoint, NameChanged, NameExists, SourceNotFound
@@ -302,6 +304,9 @@ class _Importer:
         self.notes.append(f"{name}: already stored, skipped")
 
     def tag(self, cid: str, run: str, tag: str) -> None:
+        if tag in RESERVED_TAGS:
+            self.notes.append(f"{run}: the hub ref {tag!r} is not copied as a tag ({run}:{tag} is kept by ckptstore)")
+            return
         self.store.tag(cid, tag)
         self.tags.append(f"{run}:{tag}")
 
@@ -373,14 +378,46 @@ def _import_trainer_output(imp: _Importer, path: Path, run: str, source: dict[st
     if root_state is not None:
         states.append((int(root_state.get("global_step") or 0), root_state))
     # The newest trainer state knows the best checkpoint of the whole run.
-    best = max(states, key=lambda s: s[0])[1].get("best_model_checkpoint") if states else None
+    newest = max(states, key=lambda s: s[0])[1] if states else {}
+    best = newest.get("best_model_checkpoint")
     if best:
         m = CHECKPOINT_DIR.fullmatch(Path(str(best)).name)
         cid = imp.store.catalog.id_for_name(f"{run}/step-{m.group(1)}") if m else None
         if cid is not None:
-            imp.tag(cid, run, "best")
+            _follow_trainer_best(imp, run, cid, newest.get("best_metric"))
         else:
-            imp.notes.append(f"best_model_checkpoint {best!r} was not imported; {run}:best not set")
+            imp.notes.append(f"best_model_checkpoint {best!r} was not imported; {run}:best not set from it")
+
+
+def _follow_trainer_best(imp: _Importer, run: str, best_id: str, best_value: Any) -> None:
+    """Make RUN:best follow the metric Trainer chose its best_model_checkpoint by, so that it points there now and
+    keeps following that metric after later saves. trainer_state.json keeps the best value, not the metric's
+    name (metric_for_best_model is in training_args.bin, a pickle never opened): the metric is the one whose
+    ranking, in Trainer's direction, puts that checkpoint first with that value (eval_loss tried first)."""
+    infos = imp.store.list(run)
+    found = _trainer_best_metric(infos, best_id, best_value)
+    if found is None:
+        imp.notes.append(f"no metric ranks {imp.store.info(best_id).name} best, as Trainer did; {run}:best follows"
+                         f" {_retention.RunSettings().best[0]}")
+        return
+    _retention.register_run(imp.store, run, metric=found[0], mode=found[1])
+    imp.tags.append(f"{run}:best")
+
+
+def _trainer_best_metric(infos: list[CheckpointInfo], best_id: str, best_value: Any) -> tuple[str, str] | None:
+    from .policies import BestN, default_mode
+
+    best = next(c for c in infos if c.id == best_id)
+    for metric in sorted(best.metrics, key=lambda k: (k != _retention.DEFAULT_BEST_METRIC, k)):
+        value = best.metrics[metric]
+        if isinstance(best_value, (int, float)) and not math.isclose(value, best_value, rel_tol=1e-9, abs_tol=1e-12):
+            continue
+        first = default_mode(metric)  # Trainer's greater_is_better default, then the other way
+        for mode in (first, "max" if first == "min" else "min"):
+            ranked = BestN(1, metric, mode).ranked(infos)  # type: ignore[arg-type]
+            if ranked and ranked[0].id == best_id:
+                return metric, mode
+    return None
 
 
 def import_hf_cache(

@@ -17,6 +17,23 @@ MAX_NAME_LENGTH = 200
 # Tags the store maintains itself; a user may not set them by hand (they would be overwritten).
 RESERVED_TAGS = frozenset({"latest", "best"})
 
+# The names a training loop gives its checkpoints: 'step-500', Trainer's 'checkpoint-500', ... The optional '.K' is
+# a second attempt at a step after a resume from an earlier checkpoint ('step-500.1', see _manager).
+_STEP_RE = re.compile(r"(?:^|[-_])(?:step|checkpoint|ckpt|iter)[-_]?(\d+)(\.\d+)?$")
+
+
+def step_from_name(name: str) -> int | None:
+    """'bert/step-500' -> 500, 'run/checkpoint-1000' -> 1000: Trainer's and our own naming. A second attempt
+    ('step-500.1') carries its step explicitly, so it is not read from the name."""
+    m = _STEP_RE.search(name.rsplit("/", 1)[-1])
+    return int(m.group(1)) if m and m.group(2) is None else None
+
+
+def is_step_name(name: str) -> bool:
+    """True for a name a training loop gives a checkpoint by its step ('run/step-500', 'run/step-500.1'); False for
+    a name someone chose ('run/serve', 'run/final')."""
+    return _STEP_RE.search(name.rsplit("/", 1)[-1]) is not None
+
 
 def _check_segments(value: str, *, kind: str, max_segments: int | None = None) -> None:
     if not isinstance(value, str) or not value:

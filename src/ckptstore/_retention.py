@@ -6,13 +6,16 @@ all apply the same rules::
 
     {"format": 1, "policy": {"keep_last": 3, ...} or null, "best": {"metric": "eval_loss", "mode": "min"} or null}
 
-A settings file exists for every run that has a policy or a training integration; for those runs the store
-moves ``latest`` (highest step) and ``best`` (best value of the best metric) after every save and every prune.
+A settings file exists for every run that has a policy or a training integration. Every run, with settings or
+without, has its ``latest`` (:func:`~ckptstore.policies.latest_of`: the highest step) and ``best`` (best value of
+the run's best metric, :attr:`RunSettings.best`) moved by the store after every save, delete, prune, import and
+convert; they are never set by hand, so they always say what the checkpoints say.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +23,7 @@ from . import _leases
 from ._backend import atomic_write_bytes
 from ._names import check_run
 from .errors import InvalidArgument, PolicyError
-from .policies import BestN, LatestN, RetentionPlan, RetentionPolicy
+from .policies import BestN, RetentionPlan, RetentionPolicy, latest_of
 
 if TYPE_CHECKING:
     from .store import Store
@@ -184,32 +187,35 @@ def prune(
 
 
 def after_save(store: "Store", run: str) -> PruneResult | None:
-    """What a save does once its checkpoint is committed: apply the run's policy and move its tags."""
+    """What a save does once its checkpoint is committed (which moved the run's latest and best): apply the run's
+    policy, if it has one."""
     settings = read_settings(store, run)
-    if settings is None:
-        return None
-    if settings.policy is not None:
+    if settings is not None and settings.policy is not None:
         return prune(store, run, settings.policy)
-    with store._writing(), store._commit_lock():
-        _update_tags(store, run, settings)
     return None
 
 
-def update_tags_locked(store: "Store", run: str) -> None:
-    """Move the run's latest/best tags after something other than a save changed what they follow (an annotated
-    metric); the caller holds the objects and commit locks, as a save does. Runs without settings have none."""
-    settings = read_settings(store, run)
-    if settings is not None:
+def update_tags_locked(store: "Store", runs: Iterable[str]) -> None:
+    """Move the latest/best tags of `runs` to what their checkpoints say now: every commit of a checkpoint (save,
+    import, convert) and every delete does it. The caller holds the objects (shared) and commit locks."""
+    for run in sorted(set(runs)):
+        try:
+            settings = read_settings(store, run) or RunSettings()
+        except PolicyError:
+            # Unreadable settings must not fail the commit of a checkpoint; applying the policy after the save
+            # reports them (RetentionWarning). Meanwhile best follows the default metric.
+            settings = RunSettings()
         _update_tags(store, run, settings)
 
 
 def _update_tags(store: "Store", run: str, settings: RunSettings) -> None:
-    """Point RUN:latest at the highest step and RUN:best at the best checkpoint; caller holds the commit lock."""
+    """Point RUN:latest at the latest checkpoint and RUN:best at the best one; caller holds the commit lock."""
     _leases.sync_locked(store)
-    infos = store.list(run)
     metric, mode = settings.best
+    infos = store.catalog.tag_facts(run, metric)  # an index query: this runs after every save
+    latest = latest_of(infos)
     wanted = {
-        "latest": next(iter(LatestN(1).reasons(infos)), None),
+        "latest": latest.id if latest is not None else None,
         "best": next((c.id for c in BestN(1, metric, mode).ranked(infos)), None),  # type: ignore[arg-type]
     }
     changed = False

@@ -14,6 +14,9 @@ the guarantees no setting can turn off. Whatever the policy says, a plan never r
 - the latest checkpoint of the run (a resume must always find something to resume from);
 - the best ``keep_best`` checkpoints by the metric;
 - a checkpoint with a user tag (``v1.0.0``, ``prod``): someone named it on purpose;
+- a checkpoint made on purpose (:func:`made_on_purpose`): a conversion, or one named outside the step pattern
+  (``run/serve``, ``run/final``). The step rules ("the last N", "every N steps", "the best K") count only the
+  checkpoints a training loop made, so such a checkpoint neither goes by them nor pushes one of those out;
 - an id in ``protected_ids`` (an unfinished save, a running resume).
 
 Checkpoints are ordered by step, numerically (``step-1000`` comes after ``step-200``, which a sort by name gets
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ckptstore._info import CheckpointInfo, human_bytes
+from ckptstore._names import is_step_name
 from ckptstore.errors import PolicyError
 
 __all__ = [
@@ -39,10 +43,13 @@ __all__ = [
     "Decision",
     "EveryNSteps",
     "LatestN",
+    "OnPurpose",
     "Policy",
     "RetentionPlan",
     "RetentionPolicy",
     "Tagged",
+    "latest_of",
+    "made_on_purpose",
 ]
 
 #: Tags the store moves by itself on every save; pointing at a checkpoint says nothing about wanting to keep it.
@@ -75,6 +82,33 @@ def _metric_value(c: CheckpointInfo, metric: str) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) else value
+
+
+def made_on_purpose(checkpoint: CheckpointInfo) -> str | None:
+    """Why `checkpoint` was made on purpose rather than by a training loop's schedule, in plain words, or None.
+
+    Read from what every listed checkpoint carries, so planning stays pure: ``ckpt convert`` records what it did
+    in the metadata ("converted"), and a training loop names its checkpoints by step (``step-500``,
+    ``checkpoint-500``), so any other name (``bert-sst2/serve``, ``run/final``) was chosen by someone.
+    """
+    if isinstance(checkpoint.metadata.get("converted"), Mapping):
+        return "made by convert"
+    if not is_step_name(checkpoint.name):
+        return "named outside the step pattern"
+    return None
+
+
+def latest_of(checkpoints: Iterable[CheckpointInfo]) -> CheckpointInfo | None:
+    """The checkpoint ``RUN:latest`` points at and a plan always keeps: the highest step of those a training loop
+    made (then the newest); in a run with none of those, the highest step of all, else the newest.
+
+    A conversion of the latest checkpoint carries its step and is newer, but training does not go on from a bf16
+    copy: `ckpt checkout RUN:latest` must still find the checkpoint that was trained."""
+    ordered = _ordered(checkpoints)
+    trained = [c for c in ordered if made_on_purpose(c) is None]
+    if trained:
+        return trained[-1]
+    return ordered[-1] if ordered else None
 
 
 def _extend_unique(into: list[str], reasons: Iterable[str]) -> None:
@@ -268,6 +302,21 @@ class Tagged(Policy):
         return "every checkpoint with a user tag"
 
 
+@dataclass(frozen=True)
+class OnPurpose(Policy):
+    """Keep checkpoints made on purpose (:func:`made_on_purpose`): conversions and checkpoints named outside the
+    step pattern. Someone asked for each of them; a rule about steps has nothing to say about it."""
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> dict[str, list[str]]:
+        return {c.id: [why] for c in checkpoints if (why := made_on_purpose(c))}
+
+    def why_not(self, checkpoint: CheckpointInfo) -> str:
+        return "made by a training loop (named by its step)"
+
+    def __str__(self) -> str:
+        return "every checkpoint made on purpose (converted, or named outside the step pattern)"
+
+
 @dataclass(frozen=True, init=False)
 class AnyOf(Policy):
     """Keep what any of `policies` keeps, with every reason that applies."""
@@ -415,8 +464,9 @@ class RetentionPolicy:
         return tuple(rules)
 
     def as_policy(self, protected_tags: Iterable[str] = DEFAULT_PROTECTED_TAGS) -> AnyOf:
-        """The rules plus :class:`Tagged`, as one policy (without the latest/in-use guarantees or `max_bytes`)."""
-        return AnyOf(*self.rules(), Tagged(frozenset(protected_tags)))
+        """The rules plus :class:`Tagged` and :class:`OnPurpose`, as one policy (without the latest/in-use
+        guarantees or `max_bytes`)."""
+        return AnyOf(*self.rules(), Tagged(frozenset(protected_tags)), OnPurpose())
 
     def __str__(self) -> str:
         budget = human_bytes(self.max_bytes) if self.max_bytes else ""
@@ -473,6 +523,7 @@ class RetentionPolicy:
         to keep_best ranking by another metric.
         """
         ordered = _ordered(_validated(checkpoints))
+        trained = [c for c in ordered if made_on_purpose(c) is None]  # what the step rules count
         pinned_ids = _id_set("protected_ids", protected_ids)
         tagged = Tagged(_id_set("protected_tags", protected_tags))
         rules = self.rules()
@@ -486,11 +537,13 @@ class RetentionPolicy:
                 if protect:
                     protected.add(cid)
 
-        if ordered:
-            add({ordered[-1].id: ["the latest checkpoint of the run"]}, protect=True)
+        latest = latest_of(ordered)
+        if latest is not None:
+            add({latest.id: ["the latest checkpoint of the run"]}, protect=True)
         for rule in rules:
-            add(rule.reasons(ordered), protect=isinstance(rule, BestN))
+            add(rule.reasons(trained), protect=isinstance(rule, BestN))
         add(tagged.reasons(ordered), protect=True)
+        add(OnPurpose().reasons(ordered), protect=True)
         if run_best is not None:
             metric, mode = run_best
             best = BestN(1, metric, mode).ranked(ordered)[:1]
@@ -507,7 +560,7 @@ class RetentionPolicy:
         if self.max_bytes is not None:
             warnings += self._trim_to_budget(ordered, why, protected, removed)
         if self.keep_best and self.metric is not None:
-            warnings += _metric_warnings(ordered, self.metric)
+            warnings += _metric_warnings(trained, self.metric)
 
         return RetentionPlan(
             keep=tuple(Decision(c, tuple(why[c.id])) for c in ordered if c.id not in removed),
@@ -536,7 +589,7 @@ class RetentionPolicy:
         if total > self.max_bytes:
             return [
                 f"The kept checkpoints total {human_bytes(total)}, over max_bytes ({budget}): every one left is "
-                "protected (the latest, the best by the metric, user-tagged or in use)."
+                "protected (the latest, the best by the metric, user-tagged, made on purpose or in use)."
             ]
         return []
 

@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import platform
-import re
 import shutil
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
 from ._ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
 from ._locks import file_lock
 from ._manifest import FileEntry, Manifest, manifest_id
-from ._names import RESERVED_TAGS, check_name, check_tag, run_of, split_tag_ref
+from ._names import RESERVED_TAGS, check_name, check_tag, run_of, split_tag_ref, step_from_name
 from ._objects import BlobWriter, ObjectStore, is_digest, refuse_link
 from ._refs import Refs
 from ._verify import Problem, VerifyReport, verify_manifests
@@ -48,17 +47,10 @@ from .errors import (
     StoreNotFound,
 )
 
-_STEP_RE = re.compile(r"(?:^|[-_])(?:step|checkpoint|ckpt|iter)[-_]?(\d+)$")
 MIN_ID_PREFIX = 4
 # Temporary files not written under the objects lock (tag and policy writes, folders materialized for a load) may
 # belong to a command running now; gc leaves them this long.
 TMP_GRACE_SECONDS = 3600.0
-
-
-def step_from_name(name: str) -> int | None:
-    """'bert/step-500' -> 500, 'run/checkpoint-1000' -> 1000: Trainer's and our own naming."""
-    m = _STEP_RE.search(name.rsplit("/", 1)[-1])
-    return int(m.group(1)) if m else None
 
 
 @functools.lru_cache(maxsize=1)  # importlib.metadata costs ~40 ms a call; versions do not change mid-process
@@ -101,7 +93,8 @@ def _model_facts(files: list[FileEntry], read_config: Callable[[str], bytes | No
 
 @dataclass(frozen=True)
 class DeletePlan:
-    """What `delete` removes: the checkpoints, the tags that pointed at them, and the bytes `gc` can then free."""
+    """What `delete` removes: the checkpoints, the tags that go with them, and the bytes `gc` can then free. A run's
+    `latest` and `best` go only with its last checkpoint; otherwise they move to what the run keeps."""
 
     checkpoints: tuple[CheckpointInfo, ...]
     tags: tuple[str, ...]  # "run:tag"
@@ -393,7 +386,8 @@ class Store:
         check_name(name)
         tags = (tags,) if isinstance(tags, str) else tuple(tags)  # tags="prod" is one tag, not four
         for tag in tags:
-            check_tag(tag, allow_reserved=True)
+            check_tag(tag)
+            _check_user_tag(tag, name)
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise InvalidArgument(f"step must be a whole number >= 0, got {step!r}.",
                                   hint="The training step the checkpoint was saved at, e.g. step=500.")
@@ -545,6 +539,10 @@ class Store:
                     previous[tag] = self.refs.get(manifest.run, tag)
                     self.refs.set(manifest.run, tag, cid)
                 self.catalog.add_many([(cid, manifest)])
+                # The run's latest and best move as part of the commit: a save whose latest could not move would
+                # leave a resume from RUN:latest on an older step.
+                previous.update({t: self.refs.get(manifest.run, t) for t in RESERVED_TAGS})
+                _retention.update_tags_locked(self, [manifest.run])
                 self._sync_index()
             except BaseException:
                 # A save that raises must leave nothing behind: its caller retries under the same name (and would
@@ -668,13 +666,7 @@ class Store:
         check_tag(tag)
         cid = self.resolve(ref)
         run = self.catalog.infos(ids=[cid])[0].run
-        if tag in RESERVED_TAGS and _retention.read_settings(self, run) is not None:
-            # The run's policy or training integration moves this tag after every save: a hand-set one would
-            # silently move back.
-            raise InvalidArgument(
-                f"{run}:{tag} is kept up to date by ckptstore for this run (it moves after every save).",
-                hint=f"Use a tag of your own, e.g. 'ckpt tag {ref} chosen'; 'ckpt policy {run}' shows what {tag} follows.",
-            )
+        _check_user_tag(tag, ref, run)
         with self._commit_lock():
             self.refs.set(run, tag, cid)
             self._sync_index()
@@ -689,6 +681,7 @@ class Store:
             run, tag = parts
         else:
             run = ref
+        _check_user_tag(tag, f"{run}:{tag}", run, verb="removed")
         cid = self.refs.get(run, tag)
         if cid is None:
             run_tags = sorted(f"{r}:{t}" for (r, t) in self.catalog.tags() if r == run)
@@ -720,12 +713,17 @@ class Store:
 
     def _delete_ids(self, ids: list[str], *, dry_run: bool) -> DeletePlan:
         infos = tuple(self.catalog.infos(ids=ids))
-        tags = tuple(f"{r}:{t}" for (r, t), i in sorted(self.catalog.tags().items()) if i in set(ids))
+        # latest and best of a run that keeps checkpoints move to one of those; they go only with its last one.
+        emptied = {r for r in {c.run for c in infos} if self.catalog.run_ids(r) <= set(ids)}
+        tags = tuple(f"{r}:{t}" for (r, t), i in sorted(self.catalog.tags().items())
+                     if i in set(ids) and (t not in RESERVED_TAGS or r in emptied))
         plan = DeletePlan(infos, tags, self.catalog.exclusive_bytes(ids))
         if dry_run or not ids:
             return plan
-        with self._commit_lock():
+        with self._writing(), self._commit_lock():
             self._remove_locked(ids)
+            # The runs' latest and best move to what is left, as after a prune, rather than vanish.
+            _retention.update_tags_locked(self, {c.run for c in infos})
         return DeletePlan(infos, tags, plan.reclaimable_bytes, executed=True)
 
     def _remove_locked(self, ids: list[str]) -> None:
@@ -888,6 +886,18 @@ class Store:
         from ._diff import diff
 
         return diff(self, a, b)
+
+
+def _check_user_tag(tag: str, ref: str, run: str | None = None, *, verb: str = "set") -> None:
+    """Refuse `latest` and `best` by hand: the store moves them after every save and delete of every run, so a
+    hand-set one would silently move back (or a removed one come back)."""
+    if tag in RESERVED_TAGS:
+        run = run or run_of(ref)
+        raise InvalidArgument(
+            f"{run}:{tag} is kept up to date by ckptstore (it moves after every save and delete); it cannot be"
+            f" {verb} by hand.",
+            hint=f"Use a tag of your own, e.g. 'ckpt tag {ref} chosen'; 'ckpt policy {run}' shows what best follows.",
+        )
 
 
 def _check_metadata(metadata: Mapping[str, Any] | None) -> None:

@@ -38,7 +38,7 @@ def test_init_creates_and_then_keeps_a_store(ckpt, tmp_path):
 
 def test_save_reports_what_it_stored(ckpt, two, tiny_bert_dir):
     first, second = two
-    assert first["name"] == "tiny/step-1" and first["step"] == 1 and first["tags"] == ["v1"]
+    assert first["name"] == "tiny/step-1" and first["step"] == 1 and first["tags"] == ["best", "latest", "v1"]
     assert first["metrics"] == {"eval_loss": 0.5}
     assert first["new_bytes"] > 0
     assert first["logical_bytes"] == sum(p.stat().st_size for p in tiny_bert_dir.iterdir())
@@ -147,7 +147,9 @@ def test_rm(ckpt, two):
     assert done.code == 0 and "Removed tiny/step-2" in done.err
     assert [c["name"] for c in _json(ckpt("ls", "--json"))] == ["tiny/step-1"]
     gone = _json(ckpt("rm", "tiny:v1", "--json"))
-    assert gone["executed"] is True and gone["tags"] == ["tiny:v1"] and gone["ids"] == [first["id"]]
+    # The run's last checkpoint: its latest and best go with it (before, they moved to it from tiny/step-2).
+    assert gone["executed"] is True and gone["tags"] == ["tiny:best", "tiny:latest", "tiny:v1"]
+    assert gone["ids"] == [first["id"]]
     assert _json(ckpt("ls", "--json")) == []
 
 

@@ -74,7 +74,8 @@ def policy(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, clear
     """Show or set RUN's retention policy. Every save of the run applies it, from any process, and 'ckpt prune RUN'
     applies it on demand. Setting a policy deletes nothing by itself; it prints what it would remove now.
 
-    Whatever the policy says, the latest checkpoint, the best K, user-tagged checkpoints and checkpoints in use
+    Whatever the policy says, the latest checkpoint, the best K, user-tagged checkpoints, checkpoints made on
+    purpose (by 'ckpt convert', or named outside the step pattern: RUN/serve, RUN/final) and checkpoints in use
     (a running resume) are never removed. Options set the whole policy (they do not merge with the old one).
 
     \b
@@ -114,12 +115,14 @@ def policy(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, clear
             "warnings": list(preview.plan.warnings) if preview else [],
         })
         return
+    follows = f"{run}:best follows {best_metric} ({'lower' if best_mode == 'min' else 'higher'} is better)"
     if current is None:
         out.print(f"{run}: no retention policy (every checkpoint is kept)")
+        out.print(follows)  # every run has a best, policy or not
         err.print(f"hint: set one with 'ckpt policy {run} --keep-last 3 --keep-best 1'")
         return
     out.print(f"{run}: {current}")
-    out.print(f"{run}:best follows {best_metric} ({'lower' if best_mode == 'min' else 'higher'} is better)")
+    out.print(follows)
     if preview is not None:
         removed = [d.checkpoint.name for d in preview.plan.remove]
         if removed:
