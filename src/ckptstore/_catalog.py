@@ -227,9 +227,12 @@ class Catalog:
         Every save moves those tags, so this is one query that leaves the JSON in SQLite: on a run of 5000
         checkpoints it takes ~8 ms where `infos` takes ~120 ms."""
         rows = self.db.execute(
-            "SELECT id, name, step, created_at, (SELECT value FROM json_each(metrics) WHERE key = ?),"
+            # An annotated metric overrides the saved one, as in infos().
+            "SELECT id, name, step, created_at, coalesce("
+            "(SELECT value FROM annotations a, json_each(a.metrics) WHERE a.id = checkpoints.id AND key = ?),"
+            " (SELECT value FROM json_each(metrics) WHERE key = ?)),"
             " json_type(metadata, '$.converted') = 'object' FROM checkpoints WHERE run = ?",
-            (metric, run),
+            (metric, metric, run),
         ).fetchall()
         return [
             CheckpointInfo(
