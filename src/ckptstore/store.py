@@ -45,6 +45,7 @@ from .errors import (
     InvalidArgument,
     NameExists,
     RetentionWarning,
+    StoreFull,
     StoreLocked,
     StoreNotFound,
 )
@@ -445,7 +446,10 @@ class Store:
                 RetentionWarning,
                 stacklevel=2,
             )
-        now = self.catalog.infos(ids=[cid])
+        try:
+            now = self.catalog.infos(ids=[cid])
+        except StoreFull:  # the index could not be brought up to date (a disk that filled since): still saved
+            now = []
         return now[0] if now else info
 
     def _save_sources(
