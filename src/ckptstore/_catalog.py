@@ -3,11 +3,18 @@
 It holds nothing that is not also in the store's files, so it is rebuilt whenever it is missing, damaged or of
 another schema, and reconciled with the manifests on every open (a directory listing: cheap), so a crash
 between a manifest write and the index update never hides a checkpoint.
+
+A reader that cannot write the store (a read-only mount, a store owned by another user) keeps its own index in
+its cache folder, ``$XDG_CACHE_HOME/ckptstore/<hash of the store>/index.sqlite``, or in memory when even that
+cannot be written: the same cache, built from the same manifests.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -16,7 +23,7 @@ from pathlib import Path
 from ._failpoints import failpoint
 from ._info import CheckpointInfo
 from ._manifest import Manifest
-from .errors import StoreLocked
+from .errors import StoreFull, StoreLocked
 
 SCHEMA_VERSION = 1
 
@@ -54,11 +61,67 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 """
 
+# Primary SQLite result codes (the low byte of sqlite_errorcode).
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_FULL, _SQLITE_CANTOPEN = 3, 8, 13, 14
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class IndexNotWritable(Exception):
+    """The index file cannot be written by this process (read-only mount, another user's store)."""
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL), or an OSError ENOSPC."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return _sqlite_code(exc) == _SQLITE_FULL or "database or disk is full" in str(exc)
+
+
+def open_catalog(root: Path, *, read_only: bool) -> Catalog:
+    """The store's own index; for a process that cannot write it, an index of its own (see the module docstring)."""
+    if not read_only:
+        try:
+            return Catalog(root / "index.sqlite")
+        except IndexNotWritable:
+            pass
+    path = reader_index_path(root)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return Catalog(path)
+        except (OSError, IndexNotWritable):
+            pass
+    return Catalog(":memory:")
+
+
+def reader_index_path(root: Path) -> Path | None:
+    """Where a reader without write access keeps its index of the store at `root` (None: no cache folder)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:
+            return None
+    try:
+        # The path and store.json's identity: a store rebuilt at the same path gets a fresh index, not one that
+        # would take its missing checkpoints for lost ones.
+        st = os.stat(root / "store.json")
+        key = f"{os.path.realpath(root)}\0{st.st_dev}:{st.st_ino}"
+    except OSError:
+        return None
+    return Path(base) / "ckptstore" / hashlib.sha256(key.encode()).hexdigest()[:24] / "index.sqlite"
+
+
 _COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, file_count, metrics, metadata"
 
 
 class Catalog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
         self.db = self._connect()
 
@@ -73,7 +136,17 @@ class Catalog:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("index damaged")
             return db
+        except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise IndexNotWritable(str(exc)) from exc
+            raise
         except sqlite3.DatabaseError as exc:
+            if _sqlite_code(exc) in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN) and not _writable(self.path):
+                # Not damage: this process may not write the file or its folder. Deleting it would fail, or
+                # destroy the index of the store's owner.
+                raise IndexNotWritable(str(exc)) from None
+            if disk_full(exc):
+                raise StoreFull(str(Path(self.path).parent), "its index") from None
             if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
                 # Busy is not damage: another process is writing. Deleting the files under it would lose its work.
                 raise StoreLocked(f"The index {self.path} stayed locked by another process for 60s.") from None
@@ -84,8 +157,12 @@ class Catalog:
                 pass
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
-            db = self._open()
-            return db
+            try:
+                return self._open()
+            except sqlite3.OperationalError as again:
+                if disk_full(again):
+                    raise StoreFull(str(Path(self.path).parent), "its index") from None
+                raise
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -294,6 +371,29 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as failed:
+                if disk_full(failed):
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise StoreFull(_db_folder(self.db), "an index update") from failed
+                raise
         else:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back already (a full disk does that)
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and disk_full(exc):
+                raise StoreFull(_db_folder(self.db), "an index update") from exc
+
+
+def _db_folder(db: sqlite3.Connection) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return str(Path(row[2]).parent) if row and row[2] else ":memory:"
+
+
+def _writable(path: Path | str) -> bool:
+    """Whether this process could write the index file at `path` and create its -wal and -shm beside it."""
+    if str(path) == ":memory:":
+        return True
+    p = Path(path)
+    return os.access(p.parent, os.W_OK) and (not p.exists() or os.access(p, os.W_OK))

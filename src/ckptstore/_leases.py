@@ -40,6 +40,10 @@ def _dir(store: "Store") -> Path:
 @contextlib.contextmanager
 def hold(store: "Store", ref: str) -> Iterator[str]:
     """Resolve `ref` and keep its checkpoint from being pruned until the block ends. Yields the checkpoint id."""
+    if store.read_only:
+        # No lease can be written, and no prune can run through this process: resolve and read as is.
+        yield store.resolve(ref)
+        return
     folder = _dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     with store._commit_lock():

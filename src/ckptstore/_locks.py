@@ -7,24 +7,34 @@
   its shared lock, so gc waits for it and then fails with StoreLocked rather than collecting its blobs.
 - ``gate``: taken exclusively by gc before it asks for ``objects``, and briefly (shared) by a save before it
   does, so that a stream of saves cannot starve gc (flock grants new shared locks while an exclusive waits).
+
+The lock files live in ``STORE/locks/``; a process that cannot create or open them for writing gets StoreReadOnly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import StoreLocked
+from .errors import StoreLocked, StoreReadOnly
 
 
 @contextlib.contextmanager
 def file_lock(path: Path, *, shared: bool = False, timeout: float = 60.0, what: str = "") -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        # Every write to a store takes one of its locks first, so a store this process cannot write is refused
+        # here, before anything is written, with one clear error.
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StoreReadOnly(str(path.parent.parent), exc.errno) from None
+        raise
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = time.monotonic() + timeout

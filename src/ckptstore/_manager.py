@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,8 @@ from ._info import CheckpointInfo
 from ._names import check_run
 from ._resume import MANAGER_STATE
 from ._safetensors import ST_TO_TORCH
-from .errors import CheckpointNotFound, CkptError, IncompleteCheckpoint, InvalidArgument, NameExists, StoreLocked
+from .errors import (CheckpointNotFound, CkptError, IncompleteCheckpoint, InvalidArgument, NameExists,
+                     RetentionWarning, StoreLocked)
 from .policies import LatestN, RetentionPolicy, default_mode
 from .store import Store
 
@@ -119,6 +121,23 @@ def save_after(store: Store, src: Any, name: str, run: str, parent: str | None =
         if parent is None or exc.ref != parent:
             raise
         return store.save(src, name, **kwargs)
+
+
+def housekeeping_gc(store: Store, info: CheckpointInfo) -> None:
+    """gc after a training save, to free what the run's policy pruned. Housekeeping: `info` is stored whatever
+    happens here, so a failure (a full disk, say, in the index update gc starts with) is a RetentionWarning and
+    training goes on; the next gc frees the blobs."""
+    try:
+        # Never wait on another process's save for this: its blobs are freed by the next gc instead.
+        store.gc(timeout=0)
+    except StoreLocked:
+        log.debug("gc skipped: the store is busy")
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        warnings.warn(
+            f"Saved {info.name!r}, but the gc after it failed ({exc}); run 'ckpt gc' to free the pruned blobs.",
+            RetentionWarning,
+            stacklevel=2,
+        )
 
 
 def name_after_rollback(store: Store, run: str, step: int) -> str:
@@ -230,7 +249,7 @@ class CheckpointManager:
             info = save_after(self.store, model, name, self.run, self._parent, step=step, metrics=finite,
                               metadata=metadata, extra_files=files)
             self._parent = info.id
-            self._after_save(self.store)
+            self._after_save(self.store, info)
             return info
         files = {**model_files(model, self._staging), **files}
 
@@ -242,20 +261,15 @@ class CheckpointManager:
             info = save_after(store, None, name, self.run, self._parent, step=step, metrics=finite,
                               metadata=metadata, extra_files=files)
             self._parent = info.id
-            self._after_save(store)
+            self._after_save(store, info)
             return info
 
         self._saver.submit(job)
         return None
 
-    def _after_save(self, store: Store) -> None:
-        if not self.gc or store.get_policy(self.run) is None:
-            return
-        try:
-            # Never wait on another process's save for this: its blobs are freed by the next gc instead.
-            store.gc(timeout=0)
-        except StoreLocked:
-            log.debug("gc skipped: the store is busy")
+    def _after_save(self, store: Store, info: CheckpointInfo) -> None:
+        if self.gc and store.get_policy(self.run) is not None:
+            housekeeping_gc(store, info)
 
     def wait(self) -> CheckpointInfo | None:
         """Block until the save in flight (if any) is committed; return its record, or raise its error."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ ENV_STORE = "CKPT_STORE"
 # 16 MiB: large enough that a BERT-base save writes a few hundred files (each file costs a create and a rename),
 # small enough that a fine-tune that changes a few rows of a 90 MB embedding rewrites one sixth of it.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+# s3://bucket/x, gs://..., hf://..., file://...: taken as a path, "s3:" became a local folder named "s3:".
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,21 @@ class StoreConfig:
 
 def resolve_store_path(path: str | os.PathLike[str] | None = None) -> Path:
     if path is not None and str(path) != "":
-        return Path(path)
+        return _local(str(path), "")
     env = os.environ.get(ENV_STORE)
     if env:
-        return Path(env)
+        return _local(env, f" (from ${ENV_STORE})")
     return Path(DEFAULT_STORE)
+
+
+def _local(path: str, source: str) -> Path:
+    """A store is a local folder: refuse a URL rather than create a folder named after its scheme."""
+    if _URL.match(path):
+        raise InvalidArgument(
+            f"Store {path!r}{source} is a URL; stores are local folders (remote stores are not supported yet).",
+            hint="Give a folder path, e.g. --store /data/ckpts (a mounted bucket works as a folder).",
+        )
+    return Path(path)
 
 
 def check_chunk_bytes(chunk_bytes: int) -> int:

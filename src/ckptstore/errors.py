@@ -25,16 +25,21 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     │   └── ShapeMismatch                   weights whose shapes do not match the config
     ├── CorruptObject (OSError)             a blob or manifest whose bytes do not match its hash
     ├── StoreLocked (TimeoutError)          another process holds the lock we need
+    ├── StoreFull (OSError, errno ENOSPC)   the store's disk has no room for a save
+    ├── StoreReadOnly (OSError)             a write to a store this process can only read
     ├── OutOfMemory (MemoryError)           not enough memory to load a checkpoint as asked
     ├── PolicyError (ValueError)            a retention policy that would delete everything, ...
     └── ValidationFailed                    a checkpoint failed `validate`
 
     CompatibilityWarning (UserWarning)      a checkpoint saved by a newer transformers than the one installed
-    RetentionWarning (UserWarning)          a save succeeded but applying the run's policy afterwards failed
+    RetentionWarning (UserWarning)          a save succeeded but housekeeping afterwards (policy, tags, gc) failed
     StepMismatchWarning (UserWarning)       a checkpoint-N folder saved under a name whose step its state denies
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 __all__ = [
     "AmbiguousReference",
@@ -57,8 +62,10 @@ __all__ = [
     "ShapeMismatch",
     "SourceNotFound",
     "StepMismatchWarning",
+    "StoreFull",
     "StoreLocked",
     "StoreNotFound",
+    "StoreReadOnly",
     "UnsafePickle",
     "UsageError",
     "ValidationFailed",
@@ -222,6 +229,39 @@ class CorruptObject(CkptError, OSError):
         super().__init__(message, hint=hint or "Run 'ckpt verify' to list every damaged checkpoint.")
 
 
+class StoreFull(CkptError, OSError):
+    """No room on the store's disk. An OSError with errno ENOSPC, as the failed write was, so code that checks
+    the errno of a failed save keeps working."""
+
+    def __init__(self, path: str, detail: str = "", *, run: str | None = None) -> None:
+        self.path = path
+        prune = f"'ckpt prune {run}'" if run else "'ckpt prune RUN'"
+        super().__init__(
+            f"No space left on device: the store at {path!r} has no room{' for ' + detail if detail else ''}.",
+            hint=f"Free space on that disk, prune old checkpoints ({prune}, then 'ckpt gc'), or cap the run with"
+            " max_bytes in its policy ('ckpt policy RUN --max-bytes 10GB'). Nothing was stored.",
+        )
+        self.errno = errno.ENOSPC
+        self.strerror = os.strerror(errno.ENOSPC)
+        self.filename = path
+
+
+class StoreReadOnly(CkptError, OSError):
+    """A write to a store this process cannot write (a read-only mount, another user's folder)."""
+
+    def __init__(self, path: str, code: int = 0) -> None:
+        self.path = path
+        super().__init__(
+            f"The store at {path!r} is read-only for this process; saving, tagging, deleting and gc need write"
+            " access.",
+            hint="Reading (ls, show, export, verify, validate, diff) works as it is; to write, run as a user who"
+            " can write the store, or remount it read-write.",
+        )
+        self.errno = code or errno.EROFS
+        self.strerror = os.strerror(self.errno)
+        self.filename = path
+
+
 class StoreLocked(CkptError, TimeoutError):
     default_hint = "Another ckpt process is working on this store; wait for it to finish and try again."
 
@@ -244,7 +284,8 @@ class ValidationFailed(CkptError):
 
 
 class RetentionWarning(UserWarning):
-    """A checkpoint was saved, but applying its run's retention policy afterwards failed."""
+    """A checkpoint was saved, but housekeeping afterwards failed: applying its run's retention policy, moving its
+    tags, updating the index, or the gc that frees pruned blobs. The checkpoint is stored; training goes on."""
 
 
 class CompatibilityWarning(UserWarning):

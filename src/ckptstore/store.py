@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _annotations, _deletions, _load, _retention
 from ._backend import atomic_write_bytes, fsync_dir
-from ._catalog import Catalog
+from ._catalog import Catalog, open_catalog
 from ._failpoints import failpoint
 from ._gc import GcPlan, stale_tmp_files
 from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
@@ -31,6 +31,7 @@ from ._manifest import FileEntry, Manifest, manifest_id
 from ._names import RESERVED_TAGS, check_name, check_tag, run_of, split_tag_ref, step_from_name
 from ._objects import BlobWriter, ObjectStore, is_digest, refuse_link
 from ._refs import Refs
+from ._space import check_room, store_full_on_enospc
 from ._verify import Problem, VerifyReport, verify_manifests
 from ._diff import DiffReport
 from ._validate import ValidationReport
@@ -43,6 +44,7 @@ from .errors import (
     InvalidArgument,
     NameExists,
     RetentionWarning,
+    StoreFull,
     StoreLocked,
     StoreNotFound,
 )
@@ -129,6 +131,9 @@ class Store:
         self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
         self._commit_owner: int | None = None  # the thread holding the commit lock through this Store
         self.last_save: SaveReport | None = None  # what this Store's most recent save wrote and pruned
+        # This process cannot write the store (read-only mount, another user's): reads use an index of their own,
+        # writes fail with StoreReadOnly.
+        self.read_only = False
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -159,15 +164,24 @@ class Store:
     def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = False) -> "Store":
         root = resolve_store_path(path)
         cfg_path = root / "store.json"
+        if root.exists() and not root.is_dir():
+            raise InvalidArgument(
+                f"{str(root)!r} is a file, not a store.",
+                hint="Pass the store's folder with --store (or CKPT_STORE); 'ckpt init NEW_FOLDER' creates one.",
+            )
         if not cfg_path.exists():
             if create:
                 return cls.init(root)
             raise StoreNotFound(str(root))
         config = StoreConfig.from_json_bytes(cfg_path.read_bytes(), path=str(cfg_path))
+        read_only = not os.access(root, os.W_OK)
         for sub in ("objects", "checkpoints", "refs", "refs/tags", "tmp", "locks", "policies"):
             refuse_link(root / sub)
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        return cls(root, config)
+            if not read_only:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        store = cls(root, config)
+        store.read_only = read_only
+        return store
 
     def close(self) -> None:
         if self._catalog is not None:
@@ -187,7 +201,7 @@ class Store:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.root / "index.sqlite")
+            self._catalog = open_catalog(self.root, read_only=self.read_only)
             # No lock: readers must not wait for a writer (one stopped in its commit would block them all). A sync
             # that races a delete may re-index a manifest about to go; the next sync finds that delete in the
             # deletion log and drops the row, so the race cannot make a checkpoint look lost.
@@ -430,7 +444,10 @@ class Store:
                 RetentionWarning,
                 stacklevel=2,
             )
-        now = self.catalog.infos(ids=[cid])
+        try:
+            now = self.catalog.infos(ids=[cid])
+        except StoreFull:  # the index could not be brought up to date (a disk that filled since): still saved
+            now = []
         return now[0] if now else info
 
     def _save_sources(
@@ -452,7 +469,8 @@ class Store:
         `keep` lists files of stored checkpoints to carry over as they are (convert keeps tokenizer and training
         state this way): their blobs are already stored, so not a byte of them is read or written again."""
         kept = tuple(keep)
-        with self._writing():
+        with self._writing(), store_full_on_enospc(self.root, run_of(name)):
+            check_room(self, sum(s.size for s in sources), run_of(name))
             # Under the writing lock gc cannot run, so a blob found here stays until the manifest references it.
             missing = [b.digest for f in kept for b in f.blobs if not self.objects.has(b.digest)]
             if missing:
@@ -612,7 +630,7 @@ class Store:
         """A temporary folder holding the checkpoint (or the files `only` accepts), removed afterwards."""
         manifest = self.manifest(ref)
         files = [f for f in manifest.files if only is None or only(f.path)]
-        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-ckpt-load-", dir=self.root / "tmp"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-ckpt-load-", dir=None if self.read_only else self.root / "tmp"))
         try:
             _load.export(self.objects, manifest, tmp, files=files)
             yield tmp

@@ -6,6 +6,7 @@ argument or option), 130 interrupted.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 import warnings
@@ -82,6 +83,15 @@ def _register() -> None:
 _register()
 
 
+# OSErrors that describe the machine, not a bug in ckpt (those the store raises itself are StoreFull and
+# StoreReadOnly; these come from writes outside it, such as an export's destination).
+_DISK_HINTS = {
+    errno.ENOSPC: "Free space on that disk, or write somewhere else.",
+    errno.EROFS: "That filesystem is mounted read-only: write somewhere else.",
+    errno.EACCES: "This user may not write there: check the folder's permissions, or write somewhere else.",
+}
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"warning: {message}", err=True)
 
@@ -114,6 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _DISK_HINTS:
+            # Not a bug: the machine's state (a full disk, say, when exporting). Say which, and what to do.
+            where = f": {exc.filename!r}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            click.echo(f"hint: {_DISK_HINTS[exc.errno]}", err=True)
+            sys.exit(1)
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it if it looks like a bug.", err=True)
         sys.exit(1)

@@ -66,7 +66,11 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable], click.Command]:
 
 
 def open_store(store_path: str | None, *, create: bool = False) -> Store:
-    return Store.open(store_path, create=create)
+    store = Store.open(store_path, create=create)
+    if store.read_only:
+        err.print(f"note: the store at {store.root} is read-only for this user; running read-only (its index is"
+                  " kept in your cache folder).")
+    return store
 
 
 def print_json(data: Any) -> None:

@@ -68,6 +68,8 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
             pass
         refuse_trainer_output(Path(src))
         store = open_store(store_path, create=True)
+        # Said out loud: a mistyped --store would otherwise scatter checkpoints over stores nobody knows of.
+        err.print(f"Created a new store at {store.root}")
 
     # The files the save will read (same walk as the store's), for the progress bar's total.
     total = sum(p.stat().st_size for _, p in walk_folder(Path(src))) if Path(src).is_dir() else 0

@@ -26,10 +26,10 @@ from .. import _leases, _retention
 from .._async import AsyncSaver
 from .._import import CHECKPOINT_DIR, metrics_at_step
 from .._info import CheckpointInfo
-from .._manager import name_after_rollback, save_after, split_metrics
+from .._manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
 from .._names import check_run
 from .._resume import checkout
-from ..errors import InvalidArgument, SourceNotFound, StoreLocked
+from ..errors import InvalidArgument, SourceNotFound
 from ..policies import RetentionPolicy
 from ..store import Store
 
@@ -161,10 +161,7 @@ class CheckpointCallback(TrainerCallback):
         parent = self.last_saved.id if self.last_saved is not None else self._resumed_from
         info = save_after(store, folder, name, self.run, parent, **kwargs)
         if self.gc and store.get_policy(self.run) is not None:
-            try:
-                store.gc(timeout=0)  # never wait on another process's save: the next gc frees these blobs
-            except StoreLocked:
-                log.debug("gc skipped: the store is busy")
+            housekeeping_gc(store, info)
         return info
 
     def _stored_ok(self, folder: Path, info: CheckpointInfo) -> None:
