@@ -1,6 +1,6 @@
 """How long a `ckpt` command takes to start and finish on a small store, against an empty Python process.
 
-    .venv/bin/python bench/bench_startup.py [--repeat N] [--out bench/results/startup.json]
+    .venv/bin/python bench/bench_startup.py [--repeat N] [--before REV] [--out bench/results/startup.json]
 
 Every figure is the median wall time of N real processes (`python -m ckptstore ...`, the code of this checkout),
 in one run. Each round runs every command once, in an order rotated by one from the last round, so a slow spell
@@ -71,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "startup.json")
+    parser.add_argument("--before", metavar="REV", default=None,
+                        help="Also time `ckpt --help` and `ckpt ls` of this git revision (e.g. the commit before a change).")
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
@@ -83,7 +85,7 @@ def main() -> None:
         ckpt = [py, "-m", "ckptstore"]
         subprocess.run([*ckpt, "save", str(work / "model"), "m/step-1", "--store", store], env=env, check=True,
                        capture_output=True)
-        ops: dict[str, list[str]] = {
+        ops: dict[str, list[str] | tuple[dict, list[str]]] = {
             "python -c pass": [py, "-c", "pass"],
             "python -c 'import torch'": [py, "-c", "import torch"],
             "ckpt --help": [*ckpt, "--help"],
@@ -92,13 +94,23 @@ def main() -> None:
             "ckpt du": [*ckpt, "du", "--store", store],
             "ckpt verify": [*ckpt, "verify", "--store", store],
         }
+        if args.before:
+            old = work / "before"
+            old.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "src"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+            old_env = {**env, "PYTHONPATH": str(old / "src")}
+            ops[f"ckpt --help at {args.before}"] = (old_env, [*ckpt, "--help"])
+            ops[f"ckpt ls at {args.before}"] = (old_env, [*ckpt, "ls", "--store", store])
         names = list(ops)
         times: dict[str, list[float]] = {n: [] for n in names}
         for i in range(args.repeat + 1):  # round 0 warms the page cache and is not counted
             order = names[i % len(names):] + names[: i % len(names)]
             for name in order:
                 t0 = time.perf_counter()
-                subprocess.run(ops[name], env=env, check=True, capture_output=True, cwd=work)
+                op_env, argv = ops[name] if isinstance(ops[name], tuple) else (env, ops[name])
+                subprocess.run(argv, env=op_env, check=True, capture_output=True, cwd=work)
                 if i:
                     times[name].append(time.perf_counter() - t0)
 
@@ -110,15 +122,15 @@ def main() -> None:
                      "min_s": round(min(times[name]), 4), "max_s": round(max(times[name]), 4),
                      "samples_s": [round(t, 4) for t in times[name]]})
     result = {"benchmark": "bench/bench_startup.py", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "git_commit": git_commit(), "repeat": args.repeat, "machine": machine(),
+              "git_commit": git_commit(), "before": args.before, "repeat": args.repeat, "machine": machine(),
               "baseline": "python -c pass", "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"median of {args.repeat} processes each ({result['machine']['cpu']}, {result['machine']['cores']} cores)")
-    print(f"{'command':<28} {'median':>9} {'over python -c pass':>20} {'min':>8} {'max':>8}")
+    print(f"{'command':<34} {'median':>9} {'over python -c pass':>20} {'min':>8} {'max':>8}")
     for r in rows:
-        print(f"{r['command']:<28} {r['median_s']:>8.3f}s {r['over_baseline_s']:>19.3f}s {r['min_s']:>7.3f}s {r['max_s']:>7.3f}s")
+        print(f"{r['command']:<34} {r['median_s']:>8.3f}s {r['over_baseline_s']:>19.3f}s {r['min_s']:>7.3f}s {r['max_s']:>7.3f}s")
     print(f"written to {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
 
 
