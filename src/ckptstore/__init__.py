@@ -4,10 +4,11 @@ Every checkpoint saved once, deduplicated by content, verifiable, named and tagg
 back to a plain folder that ``from_pretrained`` loads.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._diff import DiffReport
 from ._gc import GcPlan
 from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
-from ._manager import CheckpointManager
 from ._validate import ValidationReport
 from ._verify import Problem, VerifyReport
 from .errors import (
@@ -40,6 +41,9 @@ from .errors import (
 )
 from .policies import RetentionPolicy
 from .store import DeletePlan, Store
+
+if TYPE_CHECKING:
+    from ._manager import CheckpointManager
 
 __version__ = "0.1.0"
 
@@ -85,3 +89,17 @@ __all__ = [
     "VerifyReport",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # CheckpointManager needs torch (~1 s to import); `import ckptstore` and the CLI's read-only commands do not.
+    if name == "CheckpointManager":
+        from ._manager import CheckpointManager
+
+        globals()[name] = CheckpointManager
+        return CheckpointManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

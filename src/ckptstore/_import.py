@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _retention
-from ._convert import FolderConversion, convert_folder_pickles
 from ._info import CheckpointInfo
 from ._ingest import CONFIG_FILES, _is_weight_file, check_folder, folder_sources, ingest
 from ._names import MAX_NAME_LENGTH, RESERVED_TAGS, check_run
@@ -254,6 +253,8 @@ class _Importer:
         if root_only:
             files = [(rel, full) for rel, full in files if "/" not in rel]
         config = _read_json(folder / "config.json")
+        from ._convert import FolderConversion, convert_folder_pickles  # imports torch: only import pays for it
+
         conv = FolderConversion() if self.keep_pickles else convert_folder_pickles(files, config)
         bytes_read = sum(full.stat().st_size for _, full in files)
         with folder_sources([(rel, full) for rel, full in files if rel not in conv.replaced]) as plain:

@@ -17,7 +17,7 @@ from ._manifest import FileEntry, TensorEntry, file_digest
 from ._names import file_path_problem
 from ._objects import BlobRef, BlobWriter
 from ._safetensors import Layout, read_layout
-from .errors import IncompleteCheckpoint, InvalidCheckpoint, SourceNotFound
+from .errors import IncompleteCheckpoint, InvalidCheckpoint, NotACheckpointFolder, SourceNotFound
 
 Reader = Callable[[int, int], Any]  # (start, end) -> a bytes-like view of that range
 
@@ -82,14 +82,15 @@ def check_folder(src: Path) -> list[tuple[str, Path]]:
     if not src.exists():
         raise SourceNotFound(str(src))
     if not src.is_dir():
-        raise InvalidCheckpoint(
+        raise NotACheckpointFolder(
             f"Source {str(src)!r} is a file, not a checkpoint folder.",
             path=str(src),
             hint="Give the folder that save_pretrained or Trainer wrote.",
         )
     files = walk_folder(src)
     if not files:
-        raise InvalidCheckpoint(f"Source {str(src)!r} is an empty folder.", path=str(src), hint="Nothing to store.")
+        raise NotACheckpointFolder(f"Source {str(src)!r} is an empty folder: nothing to store.", path=str(src),
+                                   hint="Give the folder that save_pretrained or Trainer wrote.")
     names = {rel for rel, _ in files}
     for rel in sorted(names):
         problem = file_path_problem(rel)

@@ -7,14 +7,17 @@ import shutil
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from . import _safetensors
 from ._backend import copy_into, write_at
 from ._manifest import FileEntry, Manifest, TensorEntry
 from ._objects import BlobRef, ObjectStore, hash_bytes
-from ._safetensors import ST_TO_TORCH, torch_shape
+from ._safetensors import torch_shape
 from .errors import CorruptObject, DestinationNotEmpty, IncompleteCheckpoint, InvalidArgument
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _check(objects: ObjectStore, blob: BlobRef, data, *, ckpt: str, file: str, tensor: str | None = None) -> None:
@@ -30,7 +33,9 @@ def _check(objects: ObjectStore, blob: BlobRef, data, *, ckpt: str, file: str, t
 def load_tensor(
     objects: ObjectStore, entry: TensorEntry, parts: list[tuple[BlobRef, int]], *, verify: bool, ckpt: str, file: str
 ) -> torch.Tensor:
-    dtype = ST_TO_TORCH.get(entry.dtype)
+    import torch  # here, not at the top: export, verify and show never build a tensor, and torch takes ~1 s to import
+
+    dtype = _safetensors.ST_TO_TORCH.get(entry.dtype)
     if dtype is None:
         raise InvalidArgument(f"Tensor {entry.name!r} has dtype {entry.dtype}, which this torch cannot load.")
     if entry.nbytes == 0:
@@ -89,6 +94,8 @@ def _map_blob(objects: ObjectStore, blob: BlobRef) -> torch.Tensor:
     """One blob as a uint8 tensor over a private map of its file. torch maps it natively (one call; the descriptor
     is closed at once): 200 tensors map in 3.8 ms this way, 5.4 ms through Python's mmap, which also keeps a
     descriptor open per tensor."""
+    import torch
+
     path = objects.checked_path(blob)
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(path, False, blob.size))
 

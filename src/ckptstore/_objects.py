@@ -202,8 +202,11 @@ class BlobWriter:
             threads = min(4, (os.cpu_count() or 1) + 1)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckpt-blob")
         self._lock = threading.Lock()
-        self._staged: dict[str, Path] = {}  # digest -> temporary file, for blobs this save writes
+        self._staged: dict[str, tuple[Path, int]] = {}  # digest -> (temporary file, size), for blobs this save writes
         self._tmp_files: list[Path] = []
+        # Blobs this save renamed into objects/. Once there another save may reuse them, so an aborted save leaves
+        # them for gc (which takes the objects lock exclusively) and only reports them.
+        self.published: list[tuple[str, int]] = []
         self.bytes_hashed = 0
         self.bytes_written = 0
         objects.tmp.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,7 @@ class BlobWriter:
             if digest in self._staged or self.objects.has(digest):
                 return BlobRef(digest, size)
             tmp = make_tmp_path(self.objects.tmp, ".blob")
-            self._staged[digest] = tmp
+            self._staged[digest] = (tmp, size)
             self._tmp_files.append(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -244,9 +247,9 @@ class BlobWriter:
         if not self._staged:
             return
         failpoint("blob.sync")
-        sync_filesystem(self.objects.root, list(self._staged.values()))
+        sync_filesystem(self.objects.root, [tmp for tmp, _ in self._staged.values()])
         parents = set()
-        for digest, tmp in self._staged.items():
+        for digest, (tmp, size) in self._staged.items():
             failpoint("blob.rename")
             final = self.objects.path(digest)
             if final.parent not in parents:
@@ -254,15 +257,23 @@ class BlobWriter:
                 refuse_link(final.parent)
                 parents.add(final.parent)
             os.replace(tmp, final)
+            self.published.append((digest, size))
         self._staged.clear()
         # The renames themselves must be durable before a manifest may point at the blobs.
         sync_filesystem(self.objects.root, sorted(parents))
 
     def abort(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        for tmp in self._tmp_files:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-        self._staged.clear()
+        """Remove the temporary files of this save (blobs already renamed into objects/ stay: see `published`)."""
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # a second Ctrl-C during the wait still removes what is staged
+            for tmp in self._tmp_files:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            self._staged.clear()
+
+    @property
+    def published_bytes(self) -> int:
+        return sum(size for _, size in self.published)

@@ -20,17 +20,19 @@ behaviour), not only its documentation; the tests cross-check them against the i
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from ckptstore.errors import InvalidSafetensors
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DTYPES",
@@ -113,6 +115,8 @@ _DTYPE_RANK: dict[str, int] = {name: i for i, name in enumerate(DTYPE_ORDER)}
 
 
 def _torch_dtype_map() -> dict[torch.dtype, str]:
+    import torch
+
     # getattr: the float8/float4 and unsigned types appeared in different torch releases.
     candidates = {
         "bool": "BOOL",
@@ -142,9 +146,23 @@ def _torch_dtype_map() -> dict[torch.dtype, str]:
 #: torch dtype -> safetensors dtype name, for every torch dtype ``safetensors.torch.save_file`` can write.
 #: ``torch.float4_e2m1fn_x2`` holds two F4 values per element, so its header shape is the torch shape with
 #: the last dimension doubled: use :func:`st_shape`, not ``tensor.shape``, when building a header.
-TORCH_TO_ST: dict[torch.dtype, str] = _torch_dtype_map()
-#: The inverse of :data:`TORCH_TO_ST`. F6_E2M3 and F6_E3M2 have no torch dtype.
-ST_TO_TORCH: dict[str, torch.dtype] = {st: dt for dt, st in TORCH_TO_ST.items()}
+#: The inverse, ``ST_TO_TORCH``, has no F6_E2M3 or F6_E3M2: they have no torch dtype.
+#: Both maps are built on first use (module ``__getattr__``): importing torch costs ~1 s, and the commands that
+#: only read manifests (`ckpt ls`, `show`, `verify`) use this module without ever touching a tensor.
+@functools.cache
+def _dtype_maps() -> tuple[dict[torch.dtype, str], dict[str, torch.dtype]]:
+    to_st = _torch_dtype_map()
+    return to_st, {st: dt for dt, st in to_st.items()}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TORCH_TO_ST":
+        return _dtype_maps()[0]
+    if name == "ST_TO_TORCH":
+        return _dtype_maps()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 
 _U64_MAX = 2**64 - 1
 
@@ -488,7 +506,7 @@ def st_shape(t: torch.Tensor) -> tuple[int, ...]:
     doubling the last dimension. A 0-d float4 tensor has no last dimension, and safetensors refuses it.
     """
     shape = tuple(t.shape)
-    if TORCH_TO_ST.get(t.dtype) == "F4":
+    if _dtype_maps()[0].get(t.dtype) == "F4":
         if not shape:
             raise ValueError("a 0-d float4_e2m1fn_x2 tensor cannot be stored in safetensors")
         return shape[:-1] + (shape[-1] * 2,)
@@ -513,7 +531,9 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     """
     if t.device.type != "cpu":
         raise ValueError(f"tensor_bytes needs a CPU tensor, got one on {t.device}")
-    if t.dtype not in TORCH_TO_ST:
+    import torch
+
+    if t.dtype not in _dtype_maps()[0]:
         raise ValueError(f"torch dtype {t.dtype} has no safetensors equivalent")
     if sys.byteorder != "little" and t.element_size() > 1:
         raise NotImplementedError("safetensors data is little-endian; big-endian hosts are not supported")

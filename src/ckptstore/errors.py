@@ -21,6 +21,7 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── InvalidCheckpoint (ValueError)      what was given is not a loadable checkpoint
     │   ├── IncompleteCheckpoint            weights without config.json, shards missing, ...
     │   ├── InvalidSafetensors              a header or layout that breaks the safetensors format
+    │   ├── NotACheckpointFolder (also UsageError, exit 2)  SRC is a file or an empty folder
     │   ├── UnsafePickle                    a pickle that asks for more than tensors
     │   └── ShapeMismatch                   weights whose shapes do not match the config
     ├── CorruptObject (OSError)             a blob or manifest whose bytes do not match its hash
@@ -55,6 +56,7 @@ __all__ = [
     "InvalidName",
     "InvalidSafetensors",
     "NameExists",
+    "NotACheckpointFolder",
     "OutOfMemory",
     "PolicyError",
     "ReferenceError_",
@@ -195,6 +197,11 @@ class InvalidCheckpoint(CkptError, ValueError):
 
 class IncompleteCheckpoint(InvalidCheckpoint):
     default_hint = "Save the model with save_pretrained (it writes config.json beside the weights) and try again."
+
+
+class NotACheckpointFolder(UsageError, InvalidCheckpoint):
+    """SRC is a file or an empty folder: bad input, as a SRC that does not exist is (exit 2), and still an
+    InvalidCheckpoint for import, which reports such a folder and goes on with the others."""
 
 
 class InvalidSafetensors(InvalidCheckpoint):

@@ -134,6 +134,9 @@ class Store:
         # This process cannot write the store (read-only mount, another user's): reads use an index of their own,
         # writes fail with StoreReadOnly.
         self.read_only = False
+        # (blobs, bytes) the most recent save that failed or was interrupted had already moved into objects/: no
+        # manifest references them (unless another save reused them meanwhile); gc reclaims them.
+        self.failed_save_leftovers: tuple[int, int] = (0, 0)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -476,37 +479,64 @@ class Store:
             if missing:
                 raise CorruptObject(f"Blob {missing[0][:12]} to carry over is missing from the store.", digest=missing[0])
             writer = BlobWriter(self.objects)
+            self.failed_save_leftovers = (0, 0)
             try:
-                entries = ingest(sources, writer, self.config.chunk_bytes, on_progress=on_progress) + list(kept)
-                writer.commit()
+                return self._write_and_commit(writer, sources, kept, name, tags=tags, metrics=metrics,
+                                              metadata=metadata, parent_id=parent_id, message=message, step=step,
+                                              on_progress=on_progress)
             except BaseException:
-                writer.abort()
+                # Interrupted or failed: the staged files are gone (abort); what was already renamed into objects/
+                # stays for gc, since another save may have reused it. Say how much, so the CLI can tell the user.
+                self.failed_save_leftovers = (len(writer.published), writer.published_bytes)
                 raise
-            by_path = {s.path: s for s in sources}
-            kept_by_path = {f.path: f for f in kept}
 
-            def read_small(path: str) -> bytes | None:
-                s = by_path.get(path)
-                if s is not None:
-                    return bytes(s.read(0, s.size)) if s.layout is None and s.size < 1 << 22 else None
-                f = kept_by_path.get(path)
-                return _load.read_file_bytes(self.objects, f) if f is not None and f.size < 1 << 22 else None
+    def _write_and_commit(
+        self,
+        writer: BlobWriter,
+        sources: list[SourceFile],
+        kept: tuple[FileEntry, ...],
+        name: str,
+        *,
+        tags: tuple[str, ...],
+        metrics: Mapping[str, float] | None,
+        metadata: Mapping[str, Any] | None,
+        parent_id: str | None,
+        message: str | None,
+        step: int | None,
+        on_progress: Callable[[int], None] | None,
+    ) -> tuple[str, int]:
+        """`_save_sources` under the writing lock: blobs, then the manifest."""
+        try:
+            entries = ingest(sources, writer, self.config.chunk_bytes, on_progress=on_progress) + list(kept)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        by_path = {s.path: s for s in sources}
+        kept_by_path = {f.path: f for f in kept}
 
-            manifest = Manifest(
-                name=name,
-                run=run_of(name),
-                created_at=time.time(),
-                files=tuple(sorted(entries, key=lambda e: e.path)) if kept else tuple(entries),
-                step=step,
-                parent=parent_id,
-                tags=tags,
-                metrics=_check_metrics(metrics),
-                metadata=dict(metadata or {}),
-                message=message,
-                model=_model_facts(entries, read_small),
-                environment=dict(_environment()),
-            )
-            return self._commit_manifest(manifest, tags), writer.bytes_written
+        def read_small(path: str) -> bytes | None:
+            s = by_path.get(path)
+            if s is not None:
+                return bytes(s.read(0, s.size)) if s.layout is None and s.size < 1 << 22 else None
+            f = kept_by_path.get(path)
+            return _load.read_file_bytes(self.objects, f) if f is not None and f.size < 1 << 22 else None
+
+        manifest = Manifest(
+            name=name,
+            run=run_of(name),
+            created_at=time.time(),
+            files=tuple(sorted(entries, key=lambda e: e.path)) if kept else tuple(entries),
+            step=step,
+            parent=parent_id,
+            tags=tags,
+            metrics=_check_metrics(metrics),
+            metadata=dict(metadata or {}),
+            message=message,
+            model=_model_facts(entries, read_small),
+            environment=dict(_environment()),
+        )
+        return self._commit_manifest(manifest, tags), writer.bytes_written
 
     def _collect(self, src, tokenizer, extra_files, max_shard_size, stack: contextlib.ExitStack) -> list[SourceFile]:
         sources: list[SourceFile]

@@ -5,6 +5,7 @@ Each command module defines one click command and uses the decorators here; `cli
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -50,6 +51,32 @@ def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")(f)
 
 
+def verbose_option(f: Callable) -> Callable:
+    return click.option("--verbose", is_flag=True,
+                        help="Show transformers' own progress bars and load reports (hidden by default).")(f)
+
+
+@contextlib.contextmanager
+def transformers_output(verbose: bool):
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards") and its LOAD REPORT tables while
+    a command loads or writes a model: the command prints its own summary, and those reports are about an internal
+    step (a checkpoint converted or validated), not something the user did. `--verbose` lets them through."""
+    if verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def debug_option(f: Callable) -> Callable:
     # Parsed by main() before click runs (it decides whether tracebacks are shown); declared here for --help.
     return click.option("--debug", is_flag=True, expose_value=False, help="Show the full traceback on errors.")(f)
@@ -92,15 +119,26 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
+def progress_columns() -> list:
+    """Description, bar, bytes done of total and speed, all in binary units (KiB, MiB, GiB) as every summary
+    prints them (human_bytes): rich's defaults are decimal, and "1.1 GB" of a "1.0 GiB" save reads as a bug."""
+    from rich.progress import BarColumn, DownloadColumn, ProgressColumn, TextColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed")
+
+    return [TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), BinarySpeedColumn()]
+
+
 def progress_bar(description: str, total: int):
     """A rich progress bar on stderr (silent when stderr is not a terminal). Use as a context manager; the returned
     callable advances it by a number of bytes."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import Progress
 
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
-    )
+    progress = Progress(*progress_columns(), console=err, transient=True, disable=not err.is_terminal)
 
     class _Bar:
         def __enter__(self):

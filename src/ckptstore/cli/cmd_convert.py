@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from ._app import command, err, fmt_bytes, json_option, open_store, print_json
+from ._app import command, err, fmt_bytes, json_option, open_store, print_json, transformers_output, verbose_option
 
 
 @command("convert")
@@ -12,8 +12,9 @@ from ._app import command, err, fmt_bytes, json_option, open_store, print_json
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="Cast floating-point weights.")
 @click.option("--max-shard-size", metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB).")
 @click.option("--name", metavar="NEW", help="Name of the new checkpoint (default: REF's name + '-DTYPE').")
+@verbose_option
 @json_option
-def convert(ref, to, dtype, max_shard_size, name, as_json, store_path) -> None:
+def convert(ref, to, dtype, max_shard_size, name, verbose, as_json, store_path) -> None:
     """Write a new checkpoint from REF with its weights as safetensors, in another dtype or shard size.
 
     The new checkpoint's parent is REF. Tied weights are handled as save_pretrained handles them, legacy .bin
@@ -27,7 +28,8 @@ def convert(ref, to, dtype, max_shard_size, name, as_json, store_path) -> None:
     Exit codes: 0 ok, 1 failure (unsafe pickle, unknown REF), 2 usage error.
     """
     store = open_store(store_path)
-    info = store.convert(ref, to=to, dtype=dtype, max_shard_size=max_shard_size, name=name)
+    with transformers_output(verbose):
+        info = store.convert(ref, to=to, dtype=dtype, max_shard_size=max_shard_size, name=name)
     if as_json:
         print_json(info.to_json())
         return

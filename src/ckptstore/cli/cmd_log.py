@@ -3,14 +3,15 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from .._runlog import metric_names, plot_run, run_log
+from .._runlog import best_metric, metric_names, plot_run, run_history, run_log
 from ._app import command, err, json_option, open_store, out, print_json
 
 
 @command("log")
 @click.argument("run")
 @click.option("--plot", "plot_path", metavar="FILE.png", type=click.Path(dir_okay=False), default=None,
-              help="Also draw the metrics over steps to this PNG (best and tagged checkpoints marked).")
+              help="Also draw the metrics over steps to this PNG: the run's logged curves (trainer_state.json of"
+              " the latest checkpoint) with the stored checkpoints on them, best and tagged ones marked.")
 @json_option
 def log(run: str, plot_path: str | None, as_json: bool, store_path: str | None) -> None:
     """List RUN's checkpoints in step order with their metrics and tags.
@@ -25,7 +26,7 @@ def log(run: str, plot_path: str | None, as_json: bool, store_path: str | None) 
     store = open_store(store_path)
     infos = run_log(store, run)
     if plot_path:
-        path = plot_run(infos, plot_path, title=run)
+        path = plot_run(infos, plot_path, title=run, best=best_metric(store, run), history=run_history(store, infos))
         err.print(f"Plot written to {path}")
     if as_json:
         print_json([

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import click
@@ -8,7 +10,7 @@ import click
 from .._import import refuse_trainer_output
 from .._ingest import check_folder, folder_sources, walk_folder
 from .._names import check_name, check_tag
-from ..errors import InvalidArgument, StoreNotFound
+from ..errors import CheckpointNotFound, InvalidArgument, StoreNotFound
 from ._app import command, counted, err, fmt_bytes, json_option, open_store, print_json, progress_bar
 
 
@@ -73,11 +75,16 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
 
     # The files the save will read (same walk as the store's), for the progress bar's total.
     total = sum(p.stat().st_size for _, p in walk_folder(Path(src))) if Path(src).is_dir() else 0
-    with progress_bar(f"saving {name}", total) as advance:
-        info = store.save(
-            src, name, tags=tags, metrics=metrics, metadata=meta, parent=parent, step=step, message=message,
-            on_progress=advance,
-        )
+    started = time.time()
+    try:
+        with progress_bar(f"saving {name}", total) as advance:
+            info = store.save(
+                src, name, tags=tags, metrics=metrics, metadata=meta, parent=parent, step=step, message=message,
+                on_progress=advance,
+            )
+    except KeyboardInterrupt:
+        _interrupted(store, name, started, as_json)
+        return
     report = store.last_save
     if as_json:
         print_json({**info.to_json(), **report.to_json()})
@@ -89,3 +96,36 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
     if report.pruned:
         err.print(f"The retention policy of run {info.run!r} removed {', '.join(report.pruned)}"
                   f" ('ckpt policy {info.run}' shows it; 'ckpt gc' frees their blobs)")
+
+
+def _interrupted(store, name: str, started: float, as_json: bool) -> None:
+    """Ctrl-C during a save. The commit is one rename: when it happened before the interrupt the checkpoint is
+    stored and the save succeeded (what follows it, tags and the run's policy, can be done again). Otherwise say
+    what the save left behind, then let main() report the interrupt (exit 130)."""
+    info = _committed_since(store, name, started)
+    if info is not None:
+        if as_json:
+            print_json({**info.to_json(), "interrupted_after_commit": True})
+        err.print(f"Saved [bold]{info.name}[/] ({info.short_id}) (interrupted after the commit; 'ckpt prune"
+                  f" {info.run}' applies the run's retention policy if it has one)")
+        return
+    blobs, nbytes = store.failed_save_leftovers
+    if blobs:
+        err.print(f"{fmt_bytes(nbytes)} of unreferenced blobs ({counted(blobs, 'blob')} this save had written):"
+                  " 'ckpt gc' reclaims them")
+    raise KeyboardInterrupt
+
+
+def _committed_since(store, name: str, started: float):
+    """The checkpoint `name` if a manifest of it committed at or after `started` is on disk, else None. Read
+    through a fresh Store: the index of `store` may be mid-update where the interrupt struck."""
+    from ..store import Store
+
+    try:
+        with contextlib.closing(Store.open(store.root)) as fresh:
+            info = fresh.info(name)
+    except CheckpointNotFound:
+        return None
+    # created_at is set just before the commit; an older checkpoint of that name is not this save's (save refuses
+    # an existing name, so that one would only be another process's).
+    return info if info.created_at >= started else None

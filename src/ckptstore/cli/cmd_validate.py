@@ -5,7 +5,7 @@ import sys
 import click
 from rich.text import Text
 
-from ._app import command, counted, json_option, open_store, out, print_json
+from ._app import command, counted, json_option, open_store, out, print_json, transformers_output, verbose_option
 
 
 @command("validate")
@@ -14,8 +14,10 @@ from ._app import command, counted, json_option, open_store, out, print_json
               help="transformers class to load with (default: the checkpoint's architecture), e.g."
                    " AutoModelForSequenceClassification.")
 @click.option("--text", default=None, help="Text for the forward pass (default: a short sentence).")
+@verbose_option
 @json_option
-def validate(ref: str, cls_name: str | None, text: str | None, as_json: bool, store_path: str | None) -> None:
+def validate(ref: str, cls_name: str | None, text: str | None, verbose: bool, as_json: bool,
+             store_path: str | None) -> None:
     """Prove checkpoint REF is fit to ship: it loads with from_pretrained (and its tokenizer), no weight is missing,
     misshapen, NaN or Inf, a forward pass gives finite outputs, and the installed transformers understands it.
 
@@ -27,7 +29,8 @@ def validate(ref: str, cls_name: str | None, text: str | None, as_json: bool, st
     Exit codes: 0 valid, 1 invalid (or not found), 2 usage error (e.g. an unknown --cls).
     """
     store = open_store(store_path)
-    report = store.validate(ref, cls=cls_name, text=text)
+    with transformers_output(verbose):
+        report = store.validate(ref, cls=cls_name, text=text)
     if as_json:
         print_json(report.to_json())
     else:
