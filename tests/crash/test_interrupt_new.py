@@ -131,14 +131,16 @@ def test_blobs_shared_with_a_stored_checkpoint_are_not_reported_or_lost(tmp_path
 def test_interrupt_after_the_commit_reports_the_save_as_done(tmp_path, model_dir):
     store = tmp_path / "store"
     assert run_ckpt_subprocess("init", store).returncode == 0
-    # With a policy, the save moves the run's latest/best tags after its commit: stop there.
-    assert run_ckpt_subprocess("policy", "r", "--keep-last", "2", "--store", store).returncode == 0
-    res = interrupted_save(model_dir, store, "r/step-1", "ref.write:stop")
+    # With a policy, a save prunes after its commit (the run's tags move inside the commit): the third save of a
+    # keep-last-1 run removes the first, and is stopped there, when its own checkpoint is already committed.
+    assert run_ckpt_subprocess("policy", "r", "--keep-last", "1", "--store", store).returncode == 0
+    assert run_ckpt_subprocess("save", model_dir, "r/step-1", "--store", store).returncode == 0
+    res = interrupted_save(model_dir, store, "r/step-2", "delete.log:stop")
 
     assert res.returncode == 0, res.stderr
     assert "Interrupted." not in res.stderr
-    assert re.search(r"Saved r/step-1 \([0-9a-f]{12}\) \(interrupted after the commit", res.stderr), res.stderr
-    assert _ls(store) == ["r/step-1"]
+    assert re.search(r"Saved r/step-2 \([0-9a-f]{12}\) \(interrupted after the commit", res.stderr), res.stderr
+    assert "r/step-2" in _ls(store)
     assert _tmp_files(store) == []
     assert run_ckpt_subprocess("verify", "--store", store).returncode == 0
     gc = run_ckpt_subprocess("gc", "--json", "--store", store)
