@@ -135,13 +135,13 @@ def ambiguous_pair(store, tiny_bert_dir):
 
     Ids are hashes of manifests, so a shared prefix cannot be asked of `save`; the test writes two manifests of a
     stored checkpoint, renamed and varied by a nonce until their ids collide on 4 digits (a birthday search of a few
-    hundred hashes), into checkpoints/ as the format allows, and lets the index pick them up."""
+    hundred hashes), with their name claims, as the format allows, and lets the index pick them up."""
     import dataclasses
 
-    from ckptstore._manifest import Manifest, manifest_id
+    from ckptstore._format.manifest import manifest_id
 
     base_id = store.save(tiny_bert_dir, "amb/base").id
-    base = Manifest.from_bytes((store.root / "checkpoints" / f"{base_id}.json").read_bytes(), expected_id=base_id)
+    base = store.manifest(base_id)
     seen: dict[str, tuple[str, bytes]] = {}
     for nonce in range(100_000):
         data = dataclasses.replace(base, name=f"amb/n-{nonce}", metadata={"nonce": nonce}).to_bytes()
@@ -152,7 +152,9 @@ def ambiguous_pair(store, tiny_bert_dir):
         seen[cid[:4]] = (cid, data)
     else:
         raise AssertionError("no 4-digit id collision in 100000 manifests")
+    from storefiles import plant_checkpoint
+
     for cid, data in pair:
-        (store.root / "checkpoints" / f"{cid}.json").write_bytes(data)
+        plant_checkpoint(store, data)
     store.reindex()
     return pair[0][0][:4], tuple((store.info(cid).name, cid) for cid, _ in pair)

@@ -129,7 +129,7 @@ def test_convert_refuses_bad_requests(store, tmp_path, ckpt):
     for bad in ("lots", "0", "-1GB"):
         with pytest.raises(InvalidArgument, match="Invalid shard size"):
             store.convert("m/v1", max_shard_size=bad)
-    from ckptstore._convert import parse_shard_size
+    from ckptstore._ops.convert import parse_shard_size
 
     # As transformers counts: GB are 10**9 bytes, GiB 2**30; a plain number is bytes.
     assert [parse_shard_size(s) for s in ("2GB", "2GiB", "100000", 5)] == [2 * 10**9, 2 * 2**30, 100000, 5]

@@ -9,7 +9,8 @@ import math
 import torch
 from safetensors.torch import load_file, save_file
 
-from ckptstore._diff import tensor_delta
+from ckptstore._ops.diff import tensor_delta
+from storefiles import blob_path
 
 
 def _layer_names(model, prefix: str) -> set[str]:
@@ -56,7 +57,7 @@ def test_unchanged_tensors_are_not_read(store, tiny_bert):
     shared = set(store.manifest("run/a").blob_refs()) & set(store.manifest("run/b").blob_refs())
     header_and_config = {f.blobs[0].digest for f in store.manifest("run/a").files}
     for digest in shared - header_and_config:
-        store.objects.path(digest).unlink()
+        blob_path(store, digest).unlink()
     d = store.diff("run/a", "run/b")
     assert [t.name for t in d.tensors_changed] == ["pooler.dense.weight"]
     assert math.isclose(d.tensors_changed[0].rel_l2, 1.0, rel_tol=1e-6)

@@ -7,7 +7,6 @@ import json
 
 import torch
 
-from ckptstore._inspect import show_details
 
 
 def test_modules_dtypes_and_lineage(store, tiny_bert, ckpt):
@@ -18,7 +17,7 @@ def test_modules_dtypes_and_lineage(store, tiny_bert, ckpt):
     store.save(model, "cls/step-3", parent="cls/step-2")
     store.delete("cls/step-1")
 
-    details = show_details(store, "cls/step-3")
+    details = store.describe("cls/step-3")
     by_module = details["parameters_by_module"]
     # "bert" holds nearly everything, so it is shown by its children; the head stays on its own.
     assert list(by_module) == ["bert.embeddings", "bert.encoder", "bert.pooler", "classifier"]

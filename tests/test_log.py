@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from ckptstore._runlog import run_log
 from ckptstore.errors import CheckpointNotFound
 
 LOSSES = {300: 0.52, 100: 0.91, 400: 0.47, 200: 0.63, 500: 0.49}
@@ -26,7 +25,7 @@ def run_store(store, tiny_bert):
 
 
 def test_log_lists_checkpoints_in_step_order(run_store, ckpt):
-    assert [c.step for c in run_log(run_store, "bert")] == sorted(LOSSES)
+    assert [c.step for c in run_store.log("bert")] == sorted(LOSSES)
     result = ckpt("log", "bert")
     assert result.code == 0
     lines = result.out.splitlines()
@@ -56,7 +55,7 @@ def test_plot_writes_a_png(run_store, ckpt, tmp_path):
 
 def test_unknown_run_suggests_a_close_one(run_store, ckpt):
     with pytest.raises(CheckpointNotFound) as exc:
-        run_log(run_store, "bret")
+        run_store.log("bret")
     assert exc.value.candidates == ("bert",)
     result = ckpt("log", "bret")
     assert result.code == 1 and "Unknown run 'bret'. Did you mean 'bert'?" in result.err and "hint:" in result.err

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ckptstore._runlog import best_metric, run_figure, run_history, run_log
+from ckptstore._ops.runlog import best_metric, run_figure, run_history, run_log
 
 pytest.importorskip("matplotlib")
 
@@ -41,8 +41,8 @@ def _stars(ax) -> list[tuple[float, float]]:
 def _figure(store):
     import matplotlib.pyplot as plt
 
-    infos = run_log(store, "run")
-    fig = run_figure(infos, title="run", best=best_metric(store, "run"), history=run_history(store, infos))
+    infos = run_log(store._repo, "run")
+    fig = run_figure(infos, title="run", best=best_metric(store._repo, "run"), history=run_history(store._repo, infos))
     panels = {ax.get_ylabel(): ax for ax in fig.axes if ax.get_ylabel()}
     return fig, panels, plt
 

@@ -17,8 +17,10 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from ckptstore import CheckpointManager, Store, _failpoints, _statetree
-from ckptstore._locks import file_lock
+from ckptstore import CheckpointManager, Store
+from ckptstore._core import failpoints as _failpoints
+from ckptstore._training import statetree as _statetree
+from ckptstore._backend.local import file_lock
 from ckptstore.errors import IncompleteCheckpoint, InvalidArgument, InvalidName, NameExists
 from ckptstore.policies import RetentionPolicy
 
@@ -302,7 +304,8 @@ def test_background_error_is_raised_at_the_next_save_and_at_wait(store):
 def test_pending_async_save_completes_at_exit_and_a_crash_mid_save_leaves_the_store_valid(store):
     code = f"""
         import torch
-        from ckptstore import CheckpointManager, _failpoints
+        from ckptstore import CheckpointManager
+        from ckptstore._core import failpoints as _failpoints
         manager = CheckpointManager({str(store.root)!r}, "r", async_save=True)
         manager.save(1, torch.nn.Linear(256, 256))
         if {{crash}}:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptstore._info import CheckpointInfo
+from ckptstore._core.info import CheckpointInfo
 from ckptstore.errors import CkptError, PolicyError
 from ckptstore.policies import (
     DEFAULT_PROTECTED_TAGS,

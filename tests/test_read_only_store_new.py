@@ -124,7 +124,7 @@ def test_an_unwritable_cache_folder_falls_back_to_an_index_in_memory(ro_store, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(ro_store / "cache"))  # on the read-only mount: cannot be created
     with Store.open(ro_store) as store:
         assert store.resolve("bert:v1") == store.resolve("bert/step-1")
-        assert str(store.catalog.path) == ":memory:"
+        assert str(store._repo.catalog.path) == ":memory:"
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import torch
 
 from ckptstore import Store
-from ckptstore._info import CheckpointInfo
+from ckptstore._core.info import CheckpointInfo
 from ckptstore.policies import RetentionPolicy, latest_of, made_on_purpose
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ckptstore import Store
-from ckptstore import _leases
 from ckptstore.errors import CheckpointNotFound, InvalidArgument, InvalidName, PolicyError, RetentionWarning
 from ckptstore.policies import RetentionPolicy
 
@@ -118,8 +117,6 @@ def test_metric_that_no_checkpoint_has_is_reported(store):
 def test_the_runs_best_is_never_pruned_whatever_the_rules(store):
     """keep_last alone, or keep_best ranking by another metric than the one RUN:best follows (Trainer's
     metric_for_best_model), must not lose the best checkpoint."""
-    from ckptstore import _retention
-
     for step, loss in ((1, 0.9), (2, 0.1), (3, 0.5), (4, 0.7)):
         put(store, "a", step, {"eval_loss": loss})
     result = store.prune("a", RetentionPolicy(keep_last=1))
@@ -128,7 +125,7 @@ def test_the_runs_best_is_never_pruned_whatever_the_rules(store):
         ("the run's best by eval_loss (lower is better)",)]
     assert store.info("a:best").step == 2
 
-    _retention.register_run(store, "b", metric="eval_acc", mode="max")
+    store.register_run("b", metric="eval_acc", mode="max")
     store.set_policy("b", RetentionPolicy(keep_last=1, keep_best=1))  # keep_best by eval_loss, the default
     for step, loss, acc in ((1, 0.2, 0.9), (2, 0.1, 0.5), (3, 0.5, 0.6), (4, 0.7, 0.4)):
         put(store, "b", step, {"eval_loss": loss, "eval_acc": acc})
@@ -178,7 +175,7 @@ def test_checkpoint_in_use_is_never_pruned_and_stale_leases_are_dropped(store):
     stale = store.root / "locks" / "inuse" / f"{store.resolve('r/step-2')}.99999.dead"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.touch()  # a lease whose process died: nobody holds its lock
-    with _leases.hold(store, "r/step-1") as cid:
+    with store.hold("r/step-1") as cid:
         result = store.prune("r", RetentionPolicy(keep_last=1))
         assert [d.checkpoint.name for d in result.plan.remove] == ["r/step-2"]
         kept = {d.checkpoint.id: d.reason for d in result.plan.keep}

@@ -77,7 +77,7 @@ def test_folder_with_empty_file_and_subfolders_round_trips(store, tiny_bert_dir,
 def test_export_of_more_files_than_it_keeps_open_round_trips(store, tiny_bert, tmp_path, tree_sha256):
     """Export fills files from a pool of threads and keeps a bounded number open: a checkpoint with many more
     files than that (shards and notes) still comes out byte-exact, with and without re-hashing every blob."""
-    from ckptstore import _load
+    from ckptstore._ops import load as _load
 
     src = tmp_path / "many"
     tiny_bert(vocab_size=300).save_pretrained(src, max_shard_size="20KB")

@@ -124,12 +124,14 @@ def test_tags_move_with_an_index_query_not_manifest_reads(store: Store, tiny_ber
     for step in (1, 2, 3):
         store.save(tiny_bert_dir, f"r/step-{step}", metrics={"eval_loss": 1.0 / step})
     reads: list[str] = []
-    original = Store._read_manifest
+    from ckptstore._repo.repository import Repository
+
+    original = Repository.read_manifest
 
     def counting(self, cid):
         reads.append(cid)
         return original(self, cid)
 
-    monkeypatch.setattr(Store, "_read_manifest", counting)
+    monkeypatch.setattr(Repository, "read_manifest", counting)
     store.delete("r/step-3")
     assert reads == [] and store.info("r:latest").step == 2 and store.info("r:best").step == 2

@@ -21,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptstore._safetensors import (
+from ckptstore._format.safetensors import (
     DTYPE_ORDER,
     DTYPES,
     MAX_HEADER_SIZE,

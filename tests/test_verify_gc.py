@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ckptstore import CorruptObject, Store
+from storefiles import blob_path, iter_blobs
 
 
 def _flip(path, offset: int) -> None:
@@ -51,7 +52,7 @@ def test_verify_names_checkpoint_and_file_for_a_flipped_byte_in_any_blob(two_che
     rng = random.Random(0)
     assert store.verify().ok
     for digest, expected in sorted(users.items()):
-        path = store.objects.path(digest)
+        path = blob_path(store, digest)
         offset = rng.randrange(path.stat().st_size)
         _flip(path, offset)
         try:
@@ -72,7 +73,7 @@ def test_verify_of_one_checkpoint_checks_only_that_one(two_checkpoints):
     store = two_checkpoints
     users = _users(store)
     own_2 = next(d for d, u in sorted(users.items()) if {n for n, _ in u} == {"bert/step-2"})
-    _flip(store.objects.path(own_2), 0)
+    _flip(blob_path(store, own_2), 0)
     assert store.verify("bert/step-1").ok
     report = store.verify("bert/step-2")
     assert report.damaged == ("bert/step-2",)
@@ -82,7 +83,7 @@ def test_load_and_export_with_verification_refuse_a_corrupt_blob(two_checkpoints
     store = two_checkpoints
     entry = store.manifest("bert/step-1").file("model.safetensors")
     tensor_blob = entry.blobs[-1]
-    _flip(store.objects.path(tensor_blob.digest), tensor_blob.size // 2)
+    _flip(blob_path(store, tensor_blob.digest), tensor_blob.size // 2)
     with pytest.raises(CorruptObject) as exc:
         store.load_state_dict("bert/step-1", verify=True)
     assert "bert/step-1" in exc.value.message and "model.safetensors" in exc.value.message
@@ -96,8 +97,8 @@ def test_verify_reports_missing_and_truncated_blobs_and_corrupt_manifests(two_ch
     users = _users(store)
     own = sorted(d for d, u in users.items() if {n for n, _ in u} == {"bert/step-2"})
     missing, truncated = own[0], own[1]
-    store.objects.path(missing).unlink()
-    with open(store.objects.path(truncated), "r+b") as f:
+    blob_path(store, missing).unlink()
+    with open(blob_path(store, truncated), "r+b") as f:
         f.truncate(1)
     step1 = store.resolve("bert/step-1")
     _flip(store.root / "checkpoints" / f"{step1}.json", 10)
@@ -115,19 +116,19 @@ def test_gc_after_rm_reclaims_exactly_the_unshared_blobs(two_checkpoints, tmp_pa
     store.export("bert/step-1", tmp_path / "step-1-before")
     users = _users(store)
     only_2 = {d for d, u in users.items() if {n for n, _ in u} == {"bert/step-2"}}
-    sizes = {d: store.objects.size(d) for d in users}
+    sizes = {d: blob_path(store, d).stat().st_size for d in users}
     assert only_2 and len(only_2) < len(users)
 
     plan = store.delete("bert/step-2")
     assert plan.reclaimable_bytes == sum(sizes[d] for d in only_2)
     dry = store.gc(dry_run=True)
     assert not dry.executed and {d for d, _ in dry.blobs} == only_2
-    assert all(store.objects.has(d) for d in only_2)  # a dry run deletes nothing
+    assert all(blob_path(store, d).exists() for d in only_2)  # a dry run deletes nothing
 
     done = store.gc()
     assert done.executed and {d for d, _ in done.blobs} == only_2
     assert done.bytes_freed == plan.reclaimable_bytes
-    assert {d for d, _, _ in store.objects.iter_all()} == set(users) - only_2
+    assert {d for d, _, _ in iter_blobs(store)} == set(users) - only_2
     assert store.verify().ok
     store.export("bert/step-1", tmp_path / "step-1-after")
     assert tree_sha256(tmp_path / "step-1-after") == tree_sha256(tmp_path / "step-1-before")
@@ -137,7 +138,7 @@ def test_gc_after_rm_reclaims_exactly_the_unshared_blobs(two_checkpoints, tmp_pa
 def test_gc_dry_run_during_a_save_reports_without_waiting_and_says_so(store, tiny_bert_dir, ckpt):
     """A save holds the objects lock shared for its whole length; gc waits for it (its new blobs are referenced by
     nothing yet), a dry run does not: it reports and flags the count as including the save's blobs."""
-    from ckptstore._locks import file_lock
+    from ckptstore._backend.local import file_lock
     from ckptstore.errors import StoreLocked
 
     store.save(tiny_bert_dir, "m/step-1")
@@ -167,7 +168,7 @@ def test_gc_removes_leftovers_of_interrupted_writes(store, tiny_bert_dir):
     store.save(tiny_bert_dir, "bert/step-1")
     leftover = store.root / "tmp" / "12345-deadbeef.blob"
     leftover.write_bytes(b"half a blob")
-    orphan = store.objects.path("ab" * 32)
+    orphan = blob_path(store, "ab" * 32)
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"a blob no manifest references")
     plan = store.gc()
@@ -178,12 +179,12 @@ def test_gc_removes_leftovers_of_interrupted_writes(store, tiny_bert_dir):
 
 def test_gc_stops_without_deleting_when_a_manifest_is_unreadable(store, tiny_bert_dir):
     info = store.save(tiny_bert_dir, "bert/step-1")
-    orphan = store.objects.path("cd" * 32)
+    orphan = blob_path(store, "cd" * 32)
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"garbage gc would otherwise delete")
     manifest = store.root / "checkpoints" / f"{info.id}.json"
     manifest.write_bytes(manifest.read_bytes()[:-5])
-    blobs = sorted(store.objects.iter_all())
+    blobs = sorted(iter_blobs(store))
     with pytest.raises(CorruptObject, match="gc stops"):
         store.gc()
-    assert sorted(store.objects.iter_all()) == blobs
+    assert sorted(iter_blobs(store)) == blobs

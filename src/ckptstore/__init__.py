@@ -6,11 +6,11 @@ back to a plain folder that ``from_pretrained`` loads.
 
 from typing import TYPE_CHECKING, Any
 
-from ._diff import DiffReport
-from ._gc import GcPlan
-from ._info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
-from ._validate import ValidationReport
-from ._verify import Problem, VerifyReport
+from ._core.info import CheckpointInfo, DiskUsage, RunUsage, SaveReport
+from ._ops.diff import DiffReport
+from ._ops.gc import GcPlan
+from ._ops.validate import ValidationReport
+from ._ops.verify import Problem, VerifyReport
 from .errors import (
     AmbiguousReference,
     CheckpointNotFound,
@@ -43,7 +43,7 @@ from .policies import RetentionPolicy
 from .store import DeletePlan, Store
 
 if TYPE_CHECKING:
-    from ._manager import CheckpointManager
+    from ._training.manager import CheckpointManager
 
 __version__ = "0.1.0"
 
@@ -94,7 +94,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # CheckpointManager needs torch (~1 s to import); `import ckptstore` and the CLI's read-only commands do not.
     if name == "CheckpointManager":
-        from ._manager import CheckpointManager
+        from ._training.manager import CheckpointManager
 
         globals()[name] = CheckpointManager
         return CheckpointManager

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from .errors import IncompatibleFormat, InvalidArgument
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Formats this version reads: 1 is upgraded in place when first opened for writing (see _repo/opening.py).
+READABLE_FORMATS = (1, 2)
 DEFAULT_STORE = ".ckpt"
 ENV_STORE = "CKPT_STORE"
 # 16 MiB: large enough that a BERT-base save writes a few hundred files (each file costs a create and a rename),
@@ -41,9 +43,9 @@ class StoreConfig:
         except ValueError as exc:
             raise IncompatibleFormat(f"{path} is not valid JSON ({exc}).", hint="Restore store.json from a backup.")
         fmt = raw.get("format")
-        if fmt != FORMAT_VERSION:
+        if fmt not in READABLE_FORMATS:
             raise IncompatibleFormat(
-                f"Store at {path} has format {fmt!r}; this ckptstore reads format {FORMAT_VERSION}.",
+                f"Store at {path} has format {fmt!r}; this ckptstore reads formats 1 and 2.",
             )
         if raw.get("hash") != "blake3" or raw.get("compression", "none") != "none":
             raise IncompatibleFormat(

@@ -1,6 +1,6 @@
 """Retention policies: which checkpoints of a run to keep, which to remove, and why.
 
-Everything here is pure: a policy looks at a list of :class:`~ckptstore._info.CheckpointInfo` and returns a
+Everything here is pure: a policy looks at a list of :class:`~ckptstore._core.info.CheckpointInfo` and returns a
 :class:`RetentionPlan`; nothing touches the filesystem. The store acts on a plan later (``prune`` removes the
 manifests and refs it lists, ``gc`` the blobs no manifest references any more), and ``--dry-run`` just prints it.
 Keeping the decision apart from the deletion is what lets us test every rule with hand-made lists and lets a user
@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ckptstore._info import CheckpointInfo, human_bytes
-from ckptstore._names import is_step_name
+from ckptstore._core.info import CheckpointInfo, human_bytes
+from ckptstore._core.names import is_step_name
 from ckptstore.errors import PolicyError
 
 __all__ = [

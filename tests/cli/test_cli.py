@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from storefiles import blob_path
 
 
 def _json(result):
@@ -168,7 +169,7 @@ def test_verify_names_the_damaged_checkpoint_and_file(ckpt, two, tmp_path):
     with Store.open(tmp_path / "store") as store:
         shared = set(store.manifest("tiny/step-1").blob_refs())
         entry = store.manifest("tiny/step-2").file("model.safetensors")
-        blob = store.objects.path(next(b.digest for b in entry.blobs if b.digest not in shared))
+        blob = blob_path(store, next(b.digest for b in entry.blobs if b.digest not in shared))
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ckptstore import CheckpointNotFound
+from storefiles import blob_path
 
 
 def _snapshot(root: Path) -> dict[str, int]:
@@ -205,7 +206,7 @@ def test_export_of_a_damaged_checkpoint_writes_nothing(ckpt, stored, tmp_path):
     from ckptstore import Store
 
     with Store.open(stored) as store:
-        blob = store.objects.path(store.manifest("tiny/step-1").file("model.safetensors").blobs[-1].digest)
+        blob = blob_path(store, store.manifest("tiny/step-1").file("model.safetensors").blobs[-1].digest)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))

@@ -58,6 +58,7 @@ class MemorySession:
         self.staged: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.bytes_written = 0
+        self.published: list[tuple[str, int]] = []
 
     def put(self, digest: str, data: bytes | memoryview) -> bool:
         with self.lock:
@@ -72,6 +73,7 @@ class MemorySession:
             now = time.time()
             for digest, data in self.staged.items():
                 self.blobs.data.setdefault(digest, (data, now))
+                self.published.append((digest, len(data)))
         self.staged.clear()
 
     def abort(self) -> None:
@@ -181,6 +183,15 @@ class MemoryBackend:
     @property
     def writable(self) -> bool:
         return True
+
+    def create(self) -> None:
+        pass
+
+    def open(self) -> None:
+        pass
+
+    def free_bytes(self) -> None:
+        return None  # memory: no up-front check
 
     def close(self) -> None:
         self._scratch.cleanup()

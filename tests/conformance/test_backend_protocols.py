@@ -7,7 +7,7 @@ import threading
 import blake3
 import pytest
 
-from ckptstore._backend.localbackend import LocalBackend
+from ckptstore._backend.local import LocalBackend
 from ckptstore._backend.protocols import Blobs, Coordination, Documents
 from ckptstore.errors import CorruptObject, StoreLocked
 

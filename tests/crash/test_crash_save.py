@@ -37,6 +37,7 @@ import blake3
 import pytest
 
 from ckptstore import Store
+from storefiles import iter_blobs
 
 pytestmark = pytest.mark.crash
 
@@ -63,7 +64,7 @@ MAX_RANDOM_ATTEMPTS = 40
 # in `log`, and answers with two lines: the child's pid at once, its exit code (negative: killed) when it ends.
 _FORK_SERVER = r"""
 import json, os, sys
-from ckptstore import _failpoints
+from ckptstore._core import failpoints as _failpoints
 from ckptstore.cli import main
 
 for line in sys.stdin:
@@ -198,7 +199,7 @@ class Campaign:
             self.check_exports(store)
             assert list((self.root / "tmp").iterdir()) == []
             referenced = {d for c in store.list() for d in store.manifest(c.id).blob_refs()}
-            assert {d for d, _, _ in store.objects.iter_all()} == referenced
+            assert {d for d, _, _ in iter_blobs(store)} == referenced
 
 
 def _wait_for_first_blob(campaign: Campaign, pid: int, pidfd: int, deadline: float = 60.0) -> None:

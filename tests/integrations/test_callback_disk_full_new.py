@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import transformers
 
-from ckptstore import Store, _retention
+from ckptstore import Store
+from ckptstore._ops import retention as _retention
 from ckptstore.errors import RetentionWarning
 from ckptstore.integrations.transformers import CheckpointCallback
 from ckptstore.policies import RetentionPolicy
@@ -64,7 +65,7 @@ def test_training_survives_a_full_disk_after_a_save(small_fs, tmp_path, monkeypa
     def disk_fills_after_the_commit(store_, run):
         # Another process fills the disk the moment checkpoint step-4 is committed, and again after the prune
         # (which frees a few pages as it goes): all the housekeeping after the save meets a full disk.
-        if store_.list(run)[0].step != 4:
+        if store_.catalog.infos(run=run)[0].step != 4:
             return real_after_save(store_, run)
         ballast.append(fill(small_fs))
         try:

@@ -27,7 +27,7 @@ import traceback
 import _jobs  # noqa: E402  (this script's own folder is sys.path[0])
 import transformers.modeling_utils  # noqa: F401  (saves of live models import it: 5-15 s, paid once here)
 
-from ckptstore import _failpoints
+from ckptstore._core import failpoints as _failpoints
 
 _started: dict[int, float] = {}
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptstore import CheckpointManager, Store, _failpoints
+from ckptstore import CheckpointManager, Store
+from ckptstore._core import failpoints as _failpoints
 from ckptstore.errors import CheckpointNotFound
 
 from ._harness import wait_until_stopped

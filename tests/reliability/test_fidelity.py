@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from ckptstore import Store
-from ckptstore._safetensors import TORCH_TO_ST
+from ckptstore._format.safetensors import TORCH_TO_ST
+from storefiles import iter_blobs
 
 DTYPES = sorted(TORCH_TO_ST, key=str)
 
@@ -128,7 +129,7 @@ def test_dedup_never_merges_different_bytes(tmp_path, scale, figure):
         for name, data in variants.items():
             assert store.read_file(f"d/{name}", "blob.bin") == data, name
         distinct = {data[a : a + chunk] for data in variants.values() for a in range(0, len(data), chunk)}
-        stored = sum(1 for _ in store.objects.iter_all())
+        stored = sum(1 for _ in iter_blobs(store))
         manifests = len(variants)
         # One blob per distinct chunk, plus per checkpoint nothing else but its manifest: merged exactly when equal.
         assert stored == len(distinct), (stored, len(distinct))

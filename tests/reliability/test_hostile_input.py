@@ -290,7 +290,7 @@ def test_tag_references_cannot_reach_files_outside_the_store(store, tiny_bert_di
 def _write_manifest_with_path(store: Store, base: str, bad_path: str) -> str:
     import dataclasses
 
-    from ckptstore._manifest import manifest_id
+    from ckptstore._format.manifest import manifest_id
 
     manifest = store.manifest(base)
     files = list(manifest.files)
@@ -343,7 +343,7 @@ MALFORMED = {
 def test_a_malformed_manifest_is_reported_and_never_acted_on(case, store, tiny_bert_dir, tmp_path):
     """A manifest with the right id but hostile or broken content: the store still opens and lists, verify names
     it, nothing reads or writes through it, and gc refuses to guess which blobs it needed."""
-    from ckptstore._manifest import manifest_id
+    from ckptstore._format.manifest import manifest_id
 
     base = store.save(tiny_bert_dir, "ok/step-1")
     raw = json.loads((store.root / "checkpoints" / f"{base.id}.json").read_bytes())

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptstore import Store, _failpoints
+from ckptstore import Store
+from ckptstore._core import failpoints as _failpoints
 from ckptstore.errors import CheckpointNotFound
 
 from ._harness import check_store, sha256_tree
@@ -40,7 +41,7 @@ def _steps(store_root: Path, src, long: bool) -> tuple[list[int], int]:
     """The I/O steps to break: every one in long mode, else the first and last of each failpoint's run (the
     failpoints of a save are reached in runs: blob writes, the sync, the renames, the manifest, tags, index)."""
     with Store.open(store_root) as store:
-        store.catalog
+        store.list()  # the index opened
         _failpoints.configure("*:trace")
         try:
             store.save(src, "trace/step-1", tags=["v2"], metrics={"eval_loss": 0.5})
@@ -71,7 +72,7 @@ def test_error_at_every_io_step_of_a_save(action, io_base, sources, source_diges
             root = copy_store(io_base, fast_path / f"{source}-{n}")
             name = f"r/step-{100 + n}"
             with Store.open(root) as store:
-                store.catalog  # opened before the failpoints are armed: what fails is the save itself
+                store.list()  # opened before the failpoints are armed: what fails is the save itself
                 _failpoints.configure(f"*:{action}@{n}")
                 try:
                     store.save(src, name, tags=["v2"], metrics={"eval_loss": 0.5})

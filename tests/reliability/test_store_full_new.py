@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ckptstore import Store
-from ckptstore._manager import housekeeping_gc
+from ckptstore._training.manager import housekeeping_gc
 from ckptstore.errors import RetentionWarning, StoreFull
 
 

@@ -1,25 +1,7 @@
-"""Where bytes live. Only the local filesystem today; the functions are the seam a remote backend would fill."""
+"""The storage seam: the protocols every backend fills (protocols.py), the local folder backend (local.py) and
+the POSIX file helpers it is built on (posix.py)."""
 
-from .local import (
-    atomic_write_bytes,
-    copy_into,
-    fsync_dir,
-    fsync_path,
-    make_tmp_path,
-    map_concat,
-    start_writeback,
-    sync_filesystem,
-    write_at,
-)
+from .local import LocalBackend
+from .protocols import Backend, BlobSession, Blobs, Coordination, Documents, Version
 
-__all__ = [
-    "atomic_write_bytes",
-    "copy_into",
-    "fsync_dir",
-    "fsync_path",
-    "make_tmp_path",
-    "map_concat",
-    "start_writeback",
-    "sync_filesystem",
-    "write_at",
-]
+__all__ = ["Backend", "BlobSession", "Blobs", "Coordination", "Documents", "LocalBackend", "Version"]

@@ -27,6 +27,7 @@ class BlobSession(Protocol):
     """The blobs of one save. `put` may be called from several threads at once; nothing is visible before `commit`."""
 
     bytes_written: int
+    published: list[tuple[str, int]]  # (digest, size) of blobs this session made visible (for a failed commit)
 
     def put(self, digest: str, data: bytes | memoryview) -> bool:
         """Stage `data` (whose hash the caller computed) under `digest`; False when the store already has it."""
@@ -121,6 +122,18 @@ class Backend(Protocol):
 
     @property
     def writable(self) -> bool: ...
+
+    def create(self) -> None:
+        """Make the container of a new store; refuse a location that holds something else."""
+        ...
+
+    def open(self) -> None:
+        """Check the location before anything reads through it."""
+        ...
+
+    def free_bytes(self) -> int | None:
+        """Bytes a write can still use (None where there is no such limit to check up front)."""
+        ...
 
 
 __all__ = ["Backend", "BlobSession", "Blobs", "Coordination", "Documents", "Version"]

@@ -19,7 +19,11 @@ _PREFIX = "inuse/"
 
 @contextlib.contextmanager
 def hold(repo: "Repository", ref: str) -> Iterator[str]:
-    """Resolve `ref` and keep its checkpoint from being pruned until the block ends. Yields the checkpoint id."""
+    """Resolve `ref` and keep its checkpoint from being pruned until the block ends. Yields the checkpoint id. A
+    process that cannot write the store takes no lease (it could not prune either)."""
+    if repo.read_only:
+        yield repo.resolve(ref)
+        return
     with contextlib.ExitStack() as stack:
         with repo.commit_lock():
             repo.sync()  # another process may have removed it since this repository last looked

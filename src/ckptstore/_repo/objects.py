@@ -77,8 +77,19 @@ class BlobWriter:
         self._session.commit()
 
     def abort(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._session.abort()
+        """Forget what is staged (blobs already made visible stay for gc: see `published`)."""
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # a second Ctrl-C during the wait still removes what is staged
+            self._session.abort()
+
+    @property
+    def published(self) -> list[tuple[str, int]]:
+        return self._session.published
+
+    @property
+    def published_bytes(self) -> int:
+        return sum(size for _, size in self._session.published)
 
 
 def read_blob(blobs: Blobs, digest: str, *, verify: bool = True) -> bytes:

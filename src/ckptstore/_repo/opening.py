@@ -48,12 +48,12 @@ def init_repository(backend: Backend, *, chunk_bytes: int | None = None, exist_o
 
 
 def open_repository(backend: Backend, *, create: bool = False) -> Repository:
+    backend.open()
     config = read_config(backend)
     if config is None:
         if create:
             return init_repository(backend)
         raise StoreNotFound(backend.url)
-    backend.open()
     repo = Repository(backend, config)
     if config.format < FORMAT_VERSION and backend.writable:
         upgrade(repo)

@@ -20,17 +20,18 @@ from .._core.names import run_of, split_tag_ref
 from .._core.suggest import close_matches
 from .._format.manifest import Manifest, manifest_id
 from ..config import StoreConfig
-from ..errors import AmbiguousReference, CheckpointNotFound, CkptError, CorruptObject, InvalidArgument
+from ..errors import AmbiguousReference, CheckpointNotFound, CkptError, InvalidArgument
 from . import documents as keys
 from . import format1
-from .catalog import Catalog
+from . import annotations
+from .catalog import Catalog, open_catalog
 from .refs import Refs
 
 MIN_ID_PREFIX = 4
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: StoreConfig, *, index_path: Path | None = None) -> None:
+    def __init__(self, backend: Backend, config: StoreConfig) -> None:
         self.backend = backend
         self.blobs = backend.blobs
         self.docs = backend.documents
@@ -38,7 +39,9 @@ class Repository:
         self.config = config
         self.scratch = Path(backend.scratch)
         self.tmp = self.scratch / "tmp"
-        self.index_path = index_path or self.scratch / "index.sqlite"
+        # This process cannot write the store (read-only mount, another user's): reads use an index of their own,
+        # writes fail with StoreReadOnly.
+        self.read_only = not backend.writable
         self.refs = Refs(self.docs)
         self._catalog: Catalog | None = None
         self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
@@ -93,6 +96,17 @@ class Repository:
         self.docs.create(keys.manifest_key(cid), data)
         return cid
 
+    def remove_manifest(self, cid: str) -> None:
+        failpoint("delete.manifest")
+        self.docs.remove(keys.manifest_key(cid))
+
+    def manifest(self, ref: str) -> Manifest:
+        """The manifest of the checkpoint `ref` names, under the name it has now (a rename keeps the manifest)."""
+        cid = self.resolve(ref)
+        manifest = self.read_manifest(cid)
+        name = self.catalog.names_by_ids([cid]).get(cid, manifest.name)
+        return manifest if name == manifest.name else dataclasses.replace(manifest, name=name, run=run_of(name))
+
     def manifest_ids(self) -> set[str]:
         out = set()
         for key in self.docs.list(keys.MANIFESTS):
@@ -105,6 +119,12 @@ class Repository:
         """Claim `name` for checkpoint `cid`: the commit point of a save. False when the name is taken."""
         failpoint("name.claim")
         return self.docs.create(keys.name_key(name), (cid + "\n").encode())
+
+    def claimed_id(self, name: str) -> str | None:
+        """The id `name` is claimed for, read from the store (not the catalog)."""
+        got = self.docs.get(keys.name_key(name))
+        text = got[0].decode("ascii", "replace").strip() if got else ""
+        return text if is_digest(text) else None
 
     def release(self, name: str) -> None:
         failpoint("name.release")
@@ -122,9 +142,8 @@ class Repository:
             name = keys.name_of_key(key)
             cid = cat.id_for_name(name) if cat is not None else None
             if cid is None or cid not in on_disk:
-                got = self.docs.get(key)
-                cid = got[0].decode("ascii", "replace").strip() if got else None
-            if cid and is_digest(cid):
+                cid = self.claimed_id(name)
+            if cid is not None:
                 out[name] = cid
         return out
 
@@ -144,7 +163,7 @@ class Repository:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.index_path)
+            self._catalog = open_catalog(self.scratch, read_only=self.read_only)
             # No lock: readers must not wait for a writer (one stopped in its commit would block them all). A sync
             # that races a delete may index a checkpoint about to go; the next sync drops it (its deletion record
             # is written first), so the race cannot make a checkpoint look lost.
@@ -189,13 +208,24 @@ class Repository:
         tags = {k: v for k, v in self.refs.all().items() if v in visible}
         if tags != cat.tags():
             cat.set_tags(tags)
+        annotations.sync(self.docs, cat)
 
     def reindex(self) -> int:
         """Throw the catalog away and rebuild it from the documents. Returns the number of checkpoints."""
         with self.commit_lock():  # no other process is writing the catalog meanwhile
+            if not self.read_only and self.config.format >= 2:
+                # Rebuilding accepts what is lost: a name whose manifest is gone is released, with a deletion
+                # record so that every other index forgets it too.
+                on_disk = self.manifest_ids()
+                gone = [(cid, name) for name, cid in self.claims().items() if cid not in on_disk]
+                self.record_deleted(gone)
+                for _, name in gone:
+                    self.release(name)
+            path = str(self.catalog.path)
             self.close()
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(str(self.index_path) + suffix).unlink(missing_ok=True)
+            if path != ":memory:":
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(path + suffix).unlink(missing_ok=True)
             self.damaged_manifests.clear()
             return len(self.catalog.ids())
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from .._info import human_bytes
+from .._core.info import human_bytes
 from ..store import Store
 
 # Data goes to stdout; messages, progress and errors to stderr, so `ckpt ls --json | jq` always works.

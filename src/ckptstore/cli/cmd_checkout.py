@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import click
 
-from .._resume import checkout as checkout_for_resume
-from .._resume import saved_by_trainer
 from ._app import command, err, fmt_bytes, open_store, progress_bar
 
 
@@ -27,9 +25,9 @@ def checkout(ref: str, dest: str, verify: bool, store_path: str | None) -> None:
     store = open_store(store_path)
     info = store.info(ref)
     with progress_bar(f"checking out {info.name}", info.logical_bytes) as advance:
-        checkout_for_resume(store, info.id, dest, verify=verify, on_progress=advance)
+        store.checkout(info.id, dest, verify=verify, on_progress=advance)
     err.print(f"Checked out [bold]{info.name}[/] to {dest} ({info.file_count} files, {fmt_bytes(info.logical_bytes)})")
-    if saved_by_trainer(store.manifest(info.id)):
+    if store.manifest(info.id).file("trainer_state.json") is not None:  # Trainer's, not CheckpointManager's
         err.print(f"Resume with: trainer.train(resume_from_checkpoint={dest!r})")
     else:
         err.print(f"Saved by CheckpointManager, not Trainer: resume in the loop with"

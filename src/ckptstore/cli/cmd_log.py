@@ -3,7 +3,6 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from .._runlog import best_metric, metric_names, plot_run, run_history, run_log
 from ._app import command, err, json_option, open_store, out, print_json
 
 
@@ -24,9 +23,9 @@ def log(run: str, plot_path: str | None, as_json: bool, store_path: str | None) 
     Exit codes: 0 ok, 1 failure (unknown run, nothing to plot), 2 usage error.
     """
     store = open_store(store_path)
-    infos = run_log(store, run)
+    infos = store.log(run)
     if plot_path:
-        path = plot_run(infos, plot_path, title=run, best=best_metric(store, run), history=run_history(store, infos))
+        path = store.plot(run, plot_path)
         err.print(f"Plot written to {path}")
     if as_json:
         print_json([
@@ -35,7 +34,7 @@ def log(run: str, plot_path: str | None, as_json: bool, store_path: str | None) 
             for c in infos
         ])
         return
-    metrics = metric_names(infos)
+    metrics = list(dict.fromkeys(k for c in infos for k in c.metrics))  # in the order checkpoints first record them
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("STEP", "NAME", "ID", "CREATED", "TAGS", *metrics):
         table.add_column(col, justify="right" if col == "STEP" or col in metrics else "left")

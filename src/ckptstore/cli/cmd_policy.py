@@ -5,7 +5,6 @@ from collections.abc import Callable
 
 import click
 
-from .._retention import PruneResult, read_settings
 from ..errors import CheckpointNotFound, InvalidArgument
 from ..policies import RetentionPolicy
 from ._app import command, err, json_option, open_store, out, print_json
@@ -49,7 +48,7 @@ def policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_byte
     )
 
 
-def print_plan(result: PruneResult, *, dry_run: bool) -> None:
+def print_plan(result, *, dry_run: bool) -> None:
     """Every checkpoint, oldest first: kept and why, or deleted and why (data, to stdout); warnings to stderr."""
     rows = sorted(
         [(d, True) for d in result.plan.keep] + [(d, False) for d in result.plan.remove],
@@ -96,15 +95,14 @@ def policy(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, clear
         return
     if new is not None:
         store.set_policy(run, new)
-    settings = read_settings(store, run)
-    current = settings.policy if settings else None
+    current = store.get_policy(run)
     preview = None
     if current is not None:
         try:
             preview = store.prune(run, dry_run=True)
         except CheckpointNotFound:
             preview = None  # a run with no checkpoint yet: the policy waits for its first save
-    best_metric, best_mode = settings.best if settings else ("eval_loss", "min")
+    best_metric, best_mode = store.best_metric(run)
     if as_json:
         print_json({
             "run": run,

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from .._import import refuse_trainer_output
-from .._ingest import check_folder, folder_sources, walk_folder
-from .._names import check_name, check_tag
 from ..errors import CheckpointNotFound, InvalidArgument, StoreNotFound
+from ..store import Store
 from ._app import command, counted, err, fmt_bytes, json_option, open_store, print_json, progress_bar
 
 
@@ -63,18 +61,13 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
     except StoreNotFound:
         # save may create the store, but not for input it would refuse anyway: a typo must not leave an empty
         # store behind. So check what save checks (name, tags, the folder and every safetensors header) first.
-        check_name(name)
-        for t in tags:
-            check_tag(t)
-        with folder_sources(check_folder(Path(src))):
-            pass
-        refuse_trainer_output(Path(src))
+        Store.check_source(src, name, tags)
         store = open_store(store_path, create=True)
         # Said out loud: a mistyped --store would otherwise scatter checkpoints over stores nobody knows of.
         err.print(f"Created a new store at {store.root}")
 
     # The files the save will read (same walk as the store's), for the progress bar's total.
-    total = sum(p.stat().st_size for _, p in walk_folder(Path(src))) if Path(src).is_dir() else 0
+    total = Store.check_source(src, name, tags) if Path(src).is_dir() else 0
     started = time.time()
     try:
         with progress_bar(f"saving {name}", total) as advance:
@@ -82,12 +75,12 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
                 src, name, tags=tags, metrics=metrics, metadata=meta, parent=parent, step=step, message=message,
                 on_progress=advance,
             )
-    except KeyboardInterrupt:
-        _interrupted(store, name, started, as_json)
+    except KeyboardInterrupt as exc:
+        _interrupted(store, name, started, as_json, getattr(exc, "leftovers", (0, 0)))
         return
-    report = store.last_save
+    report = info
     if as_json:
-        print_json({**info.to_json(), **report.to_json()})
+        print_json(report.to_json())
         return
     err.print(
         f"Saved [bold]{info.name}[/] ({info.short_id}): {counted(info.file_count, 'file')}, {fmt_bytes(info.logical_bytes)},"
@@ -98,7 +91,7 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
                   f" ('ckpt policy {info.run}' shows it; 'ckpt gc' frees their blobs)")
 
 
-def _interrupted(store, name: str, started: float, as_json: bool) -> None:
+def _interrupted(store, name: str, started: float, as_json: bool, leftovers: tuple[int, int]) -> None:
     """Ctrl-C during a save. The commit is one rename: when it happened before the interrupt the checkpoint is
     stored and the save succeeded (what follows it, tags and the run's policy, can be done again). Otherwise say
     what the save left behind, then let main() report the interrupt (exit 130)."""
@@ -109,7 +102,7 @@ def _interrupted(store, name: str, started: float, as_json: bool) -> None:
         err.print(f"Saved [bold]{info.name}[/] ({info.short_id}) (interrupted after the commit; 'ckpt prune"
                   f" {info.run}' applies the run's retention policy if it has one)")
         return
-    blobs, nbytes = store.failed_save_leftovers
+    blobs, nbytes = leftovers
     if blobs:
         err.print(f"{fmt_bytes(nbytes)} of unreferenced blobs ({counted(blobs, 'blob')} this save had written):"
                   " 'ckpt gc' reclaims them")
@@ -119,10 +112,8 @@ def _interrupted(store, name: str, started: float, as_json: bool) -> None:
 def _committed_since(store, name: str, started: float):
     """The checkpoint `name` if a manifest of it committed at or after `started` is on disk, else None. Read
     through a fresh Store: the index of `store` may be mid-update where the interrupt struck."""
-    from ..store import Store
-
     try:
-        with contextlib.closing(Store.open(store.root)) as fresh:
+        with contextlib.closing(store.reopen()) as fresh:
             info = fresh.info(name)
     except CheckpointNotFound:
         return None

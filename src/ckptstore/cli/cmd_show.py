@@ -6,7 +6,6 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from .._inspect import show_details
 from ._app import command, counted, fmt_bytes, json_option, open_store, out, print_json
 
 
@@ -35,37 +34,19 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
     """
     store = open_store(store_path)
     info = store.info(ref)
-    manifest = store.manifest(info.id)
-    blobs = manifest.blob_refs()
-    unique = store.catalog.blob_refcount(blobs)
-    own_bytes = sum(size for d, size in blobs.items() if unique.get(d, 0) <= 1)
-    lineage = [c if isinstance(c, str) else c.name for c in store.lineage(info.id)[1:]]
-    lineage = [f"{c[:12]} (deleted)" if len(c) == 64 and "/" not in c else c for c in lineage]
-    inside = show_details(store, info.id)  # per-module parameters, dtypes, tensors, lineage
-    details = {
-        **info.to_json(),
-        "model": {**manifest.model, "parameters": inside["parameters"], "dtypes": inside["parameter_dtypes"]},
-        "environment": manifest.environment,
-        "stored_bytes": sum(blobs.values()),
-        "unshared_bytes": own_bytes,
-        "lineage": lineage,
-        "files": [
-            {"path": f.path, "size": f.size, "kind": f.kind, "blobs": len(f.blobs), "tensors": len(f.tensors),
-             **({"converted_from": f.converted_from} if f.converted_from else {})}
-            for f in manifest.files
-        ],
-        **inside,
-    }
+    details = store.describe(info.id)
+    inside = details  # per-module parameters, dtypes, tensors, lineage
+    lineage = details["lineage"]
     if as_json:
         print_json(details)
         return
-    m = manifest.model
+    m = details["model"]
     buffers = inside["buffers"]
     parameters = f"{inside['parameters']:,}" if inside["parameters"] else "-"
     if buffers:
         parameters += (f" (buffers not counted: {', '.join(buffers)}, {sum(buffers.values()):,} values)"
                        if len(buffers) <= 3 else f" ({len(buffers)} buffers, {sum(buffers.values()):,} values, not counted)")
-    env = manifest.environment
+    env = details["environment"]
     # Recorded from a Trainer folder (trainer_state.json, JSON args files): a row of their own, not one long value.
     hyper = info.metadata.get("hyperparameters")
     hyper = hyper if isinstance(hyper, dict) else {}
@@ -82,7 +63,7 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"
-                 f" {fmt_bytes(own_bytes)} not shared with other checkpoints"),
+                 f" {fmt_bytes(details['unshared_bytes'])} not shared with other checkpoints"),
         # Two different versions, easily taken for one: the transformers that wrote config.json (maybe years ago,
         # elsewhere) and the environment that put the checkpoint into this store.
         ("config written by", f"transformers {m['transformers_version']} (config.json's transformers_version)"
@@ -100,9 +81,9 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         for line in lines[1:]:
             out.print(f"{'':<{width}}  {escape(line)}")
     out.print(f"[bold]{'files':<{width}}[/]")
-    for f in manifest.files:
-        extra = f"  {counted(len(f.tensors), 'tensor')}" if f.tensors else ""
-        out.print(f"  {escape(f.path):<40} {fmt_bytes(f.size):>10}  {counted(len(f.blobs), 'blob')}{extra}")
+    for f in details["files"]:
+        extra = f"  {counted(f['tensors'], 'tensor')}" if f["tensors"] else ""
+        out.print(f"  {escape(f['path']):<40} {fmt_bytes(f['size']):>10}  {counted(f['blobs'], 'blob')}{extra}")
     if with_tensors:
         _print_tensors(inside["tensors"], width)
 

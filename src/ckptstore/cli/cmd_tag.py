@@ -18,11 +18,11 @@ def tag(ref: str, tag: str, store_path: str | None) -> None:
     """
     store = open_store(store_path)
     run = store.info(ref).run
-    before = store.refs.get(run, tag)
+    before = store.tags(run).get(f"{run}:{tag}")
     info = store.tag(ref, tag)
     if before is not None and before != info.id:
-        was = store.catalog.infos(ids=[before])
-        err.print(f"Moved {info.run}:{tag} from {was[0].name if was else before[:12]} to {info.name}")
+        was = {c.id: c.name for c in store.list(run)}.get(before, before[:12])
+        err.print(f"Moved {info.run}:{tag} from {was} to {info.name}")
     else:
         err.print(f"Tagged {info.name} as {info.run}:{tag}")
 

@@ -22,13 +22,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .. import _leases, _retention
-from .._async import AsyncSaver
-from .._import import CHECKPOINT_DIR, metrics_at_step
-from .._info import CheckpointInfo
-from .._manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
-from .._names import check_run
-from .._resume import checkout
+from .._core.info import CheckpointInfo
+from .._core.names import check_run
+from .._core.trainer_log import CHECKPOINT_DIR, metrics_at_step
+from .._training.manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
+from .._training.saver import AsyncSaver
 from ..errors import InvalidArgument, SourceNotFound
 from ..policies import RetentionPolicy
 from ..store import Store
@@ -71,7 +69,7 @@ class CheckpointCallback(TrainerCallback):
         self.gc = gc
         if policy is not None:
             self.store.set_policy(self.run, policy)
-        _retention.register_run(self.store, self.run)
+        self.store.register_run(self.run)
         self._saver = AsyncSaver(f"ckptstore-save {self.run}") if async_save else None
         self._background_store: Store | None = None
         self._stored: dict[Path, str] = {}  # local folder -> id, for folders this callback has stored
@@ -89,7 +87,7 @@ class CheckpointCallback(TrainerCallback):
         metric = args.metric_for_best_model
         if metric:
             metric = metric if metric.startswith("eval_") else f"eval_{metric}"
-            _retention.register_run(self.store, self.run, metric=metric, mode="max" if args.greater_is_better else "min")
+            self.store.register_run(self.run, metric=metric, mode="max" if args.greater_is_better else "min")
 
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:
@@ -99,7 +97,7 @@ class CheckpointCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{step}"
         if not folder.is_dir():
             raise SourceNotFound(str(folder))
-        _leases.refresh(self.store)
+        self.store.refresh()
         metrics, other = split_metrics(metrics_at_step(state.log_history, step))
         metadata: dict[str, Any] = {"saved_by": "ckptstore.CheckpointCallback", "epoch": state.epoch,
                                     "trainer_folder": folder.name}
@@ -118,7 +116,7 @@ class CheckpointCallback(TrainerCallback):
 
         def job() -> CheckpointInfo:
             if self._background_store is None:
-                self._background_store = Store.open(self.store.root)  # own SQLite connection for this thread
+                self._background_store = self.store.reopen()  # own SQLite connection for this thread
             try:
                 info = self._save(self._background_store, stage, name, kwargs_)
             finally:
@@ -188,6 +186,13 @@ class CheckpointCallback(TrainerCallback):
             if folder not in keep and folder in self._stored:
                 shutil.rmtree(folder, ignore_errors=True)
                 del self._stored[folder]
+
+
+def checkout(store: Store | str | os.PathLike[str], ref: str, dest: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """``ckpt checkout``: write the checkpoint `ref` names as a folder ``trainer.train(resume_from_checkpoint=)``
+    accepts (see Store.checkout)."""
+    store = store if isinstance(store, Store) else Store.open(store)
+    return store.checkout(ref, dest, **kwargs)
 
 
 def _step_of(folder: Path) -> int:

@@ -1,0 +1,46 @@
+"""Disk usage: what the checkpoints would take as plain folders against what the store holds, per run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._core.info import CheckpointInfo, DiskUsage, RunUsage
+
+if TYPE_CHECKING:
+    from .._repo.repository import Repository
+
+
+def du(repo: "Repository") -> DiskUsage:
+    cat = repo.catalog
+    infos = cat.infos()
+    stored, blobs = cat.stored_bytes()
+    unique = cat.run_unique_bytes()
+    runs: dict[str, list[CheckpointInfo]] = {}
+    for c in infos:
+        runs.setdefault(c.run, []).append(c)
+    return DiskUsage(
+        logical_bytes=sum(c.logical_bytes for c in infos),
+        stored_bytes=stored,
+        checkpoints=len(infos),
+        blobs=blobs,
+        runs=tuple(
+            RunUsage(run, len(cs), sum(c.logical_bytes for c in cs), unique.get(run, 0))
+            for run, cs in sorted(runs.items())
+        ),
+    )
+
+
+def lineage(repo: "Repository", ref: str) -> list[CheckpointInfo | str]:
+    """The checkpoint, its parent, grandparent, ...; an id string where an ancestor has been deleted."""
+    chain: list[CheckpointInfo | str] = []
+    cid: str | None = repo.resolve(ref)
+    seen = set()
+    while cid and cid not in seen:
+        seen.add(cid)
+        infos = repo.catalog.infos(ids=[cid])
+        if not infos:
+            chain.append(cid)
+            break
+        chain.append(infos[0])
+        cid = infos[0].parent
+    return chain
