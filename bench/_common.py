@@ -153,10 +153,11 @@ def block_device(path: Path) -> str | None:
 
 def add_arguments(ap, *, repeat: int) -> None:
     """The options every bench takes."""
-    ap.add_argument("--repeat", type=int, default=repeat, help=f"runs per figure; the median is reported (default {repeat})")
+    ap.add_argument("--repeat", type=int, default=repeat,
+                    help=f"runs per figure; the median is reported (default {repeat})")
     ap.add_argument("--tmp-dir", type=Path, default=REPO.parent / "bench-tmp", help="scratch space (removed after)")
     ap.add_argument("--quiet-timeout", type=float, default=30.0, metavar="S",
-                    help="before each timed op, wait up to S seconds for idle CPUs and disk (0: do not wait; default 30)")
+                    help="before each timed op, wait up to S s for idle CPUs and disk (0: do not wait; default 30)")
     ap.add_argument("--results", type=Path, default=RESULTS, metavar="DIR",
                     help="where <bench>.json and .md are written (default bench/results)")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. what else ran meanwhile)")
@@ -222,6 +223,16 @@ def _version(pkg: str) -> str:
 # Taken when the bench starts, before it imports the code it measures: the commit of that code, even if the tree
 # changes while a long bench runs.
 _COMMIT_AT_START = commit()
+_LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages when the bench started and when it wrote its results: on a shared
+    machine they say how much else ran meanwhile."""
+    if _LOAD_AT_START is None:
+        return "?"
+    start, end = (" ".join(f"{x:.1f}" for x in load) for load in (_LOAD_AT_START, os.getloadavg()))
+    return f"{start} at the start, {end} at the end"
 
 
 def environment(tmp: Path) -> dict:
@@ -237,6 +248,7 @@ def environment(tmp: Path) -> dict:
             "kernel": platform.release(),
             "platform": platform.platform(),
             "tmp_filesystem": _filesystem(tmp),
+            "load_average": _load(),
         },
         "versions": {
             "python": platform.python_version(),
@@ -263,8 +275,8 @@ def write_results(bench: str, *, tmp: Path, args, results: dict, table: tuple[li
         f"# {title}",
         "",
         f"{env['date']}, commit {env['commit']}; {m['cpu']}, {m['cores']}, {m['memory']}, kernel {m['kernel']},"
-        f" tmp on {m['tmp_filesystem']}; python {env['versions']['python']}, torch {env['versions']['torch']},"
-        f" transformers {env['versions']['transformers']}.",
+        f" tmp on {m['tmp_filesystem']}; load average {m['load_average']}; python {env['versions']['python']},"
+        f" torch {env['versions']['torch']}, transformers {env['versions']['transformers']}.",
         "",
     ]
     if note:
