@@ -1,18 +1,24 @@
 """The figures the reliability and crash tests report: printed at the end of the run, and written with the machine,
 the versions and the commit to $CKPT_FIGURES_OUT/reliability-<mode>.json (and .md) when that variable names a
-folder, so that README quotes figures a run wrote down rather than figures copied by hand."""
+folder, so that README quotes figures a run wrote down rather than figures copied by hand. CKPT_FIGURES_NOTE adds a
+remark to that file (what else ran on the machine meanwhile, say).
+
+    CKPT_FIGURES_OUT=bench/results pytest tests/reliability tests/crash    # writes reliability-default.json/.md
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import time
 from pathlib import Path
 
 ENV = "CKPT_FIGURES_OUT"
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: list[dict] = []
 _reported = False
+_STARTED = time.monotonic()  # imported by the reliability conftest, or the crash test, as the run starts
 
 
 def record(title: str, text: str, data: dict | None = None) -> None:
@@ -71,12 +77,7 @@ def report(terminalreporter, exitstatus, mode: str) -> None:
         return
     common = _common
     stats = {k: len(v) for k, v in terminalreporter.stats.items() if k in ("passed", "failed", "error", "skipped")}
-    duration = None
-    start = getattr(terminalreporter, "_sessionstarttime", None)
-    if start is not None:
-        import timeit
-
-        duration = round(timeit.default_timer() - start, 1)
+    duration = round(time.monotonic() - _STARTED, 1)  # from the conftest's import: about the session's length
     data = {
         "bench": f"reliability-{mode}", **common.environment(_scratch()),
         "note": os.environ.get("CKPT_FIGURES_NOTE", ""), "mode": mode, "exit_status": int(exitstatus),
@@ -90,7 +91,7 @@ def report(terminalreporter, exitstatus, mode: str) -> None:
     lines = [f"# reliability figures ({mode} mode)", "",
              f"{data['date']}, commit {data['commit']}; {m['cpu']}, {m['cores']}, {m['memory']}, kernel {m['kernel']},"
              f" stores on {m['tmp_filesystem']}, load average {m['load_average']};"
-             f" python {data['versions']['python']}, torch {data['versions']['torch']}; tests {stats},"
+             f" python {data['versions']['python']}, torch {data['versions']['torch']}; tests {stats} in about"
              f" {duration} s, exit status {int(exitstatus)}.", ""]
     if data["note"]:
         lines += [f"Note: {data['note']}", ""]
