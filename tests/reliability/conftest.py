@@ -2,7 +2,9 @@
 
 Default mode runs every test with small counts (the whole folder in well under 150 s on 2 cores, for CI).
 Long mode, ``CKPT_LONG=1 pytest tests/reliability`` or ``pytest tests/reliability --long``, runs the counts the
-issue asks for (>= 500 kills, >= 1000 corruptions, ...) and prints the figures at the end of the run.
+issue asks for (>= 500 kills, >= 1000 corruptions, ...). Both print the figures at the end of the run, and write them
+to $CKPT_FIGURES_OUT/reliability-<mode>.json and .md when CKPT_FIGURES_OUT names a folder (bench/results for the
+figures README quotes).
 (``--long`` is only known when pytest is pointed at this folder; the environment variable works from anywhere.)
 """
 
@@ -15,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from . import _figures
 from ._harness import ForkServer, sha256_tree
-
-_FIGURES: list[tuple[str, str]] = []
 
 
 def pytest_addoption(parser):
@@ -49,21 +50,13 @@ def scale(request) -> Scale:
 
 @pytest.fixture(scope="session")
 def figure():
-    """figure(title, text): a line for the summary printed at the end of the run."""
-
-    def record(title: str, text: str) -> None:
-        _FIGURES.append((title, text))
-
-    return record
+    """figure(title, text, data=None): a line for the summary printed at the end of the run (and for the figures
+    file written when CKPT_FIGURES_OUT names a folder: see _figures.py)."""
+    return _figures.record
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _FIGURES:
-        return
-    mode = "long" if _long(config) else "default"
-    terminalreporter.section(f"reliability figures ({mode} mode)")
-    for title, text in _FIGURES:
-        terminalreporter.write_line(f"{title}: {text}")
+    _figures.report(terminalreporter, exitstatus, "long" if _long(config) else "default")
 
 
 @pytest.fixture(scope="session")

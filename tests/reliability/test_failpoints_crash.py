@@ -2,7 +2,11 @@
 
 After each kill the store must pass `verify`, every acknowledged checkpoint must export byte-exact, no manifest may
 reference a missing blob, a delete that was acknowledged must stay done, and gc must leave it all intact.
-Figure (long mode): N kills, N clean stores, 0 acknowledged checkpoints lost.
+
+Only kills that landed inside the operation are counted: each child records when its job started and ended and the
+last failpoint it passed (_phasetrace.py), random kills are aimed at a moment after the job started, and a kill that
+still landed before the start or after the end is reported apart. The figure says how many kills landed in each
+phase (the last failpoint passed: blob.write, blob.sync, blob.rename, manifest.*, ref.*, index.*, delete.*, gc.*).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pytest
 
 from ckptstore import Store
 
+from . import _phasetrace
 from ._harness import check_store, read_acks, sha256_tree
 from .conftest import copy_store
 
@@ -60,12 +65,13 @@ def _ops(sources) -> dict[str, dict]:
     return ops
 
 
-def _trial(forkserver, base_store, work: Path, op: dict, digests, after_src, *, failpoint=None, kill_after=None):
+def _trial(forkserver, base_store, work: Path, op: dict, digests, after_src, *, failpoint="*:trace", kill_in_op=None):
     store = work / "store"
     copy_store(base_store, store)
     ack = work / "ack"
-    out = forkserver.run(op["job"], failpoint=failpoint, kill_after=kill_after, store=str(store), ack=str(ack),
-                         **op["kw"])
+    # A spec is always set (*:trace at least) so that the child records every failpoint it passes.
+    out = forkserver.run(op["job"], failpoint=failpoint, kill_in_op=kill_in_op, trace_phase=True, store=str(store),
+                         ack=str(ack), **op["kw"])
     saved, deleted = read_acks(ack)
     expected = {n: digests[i] for n, i in BASE.items() if n not in op["removes"]}
     maybe = {n: digests[BASE[n]] for n in op["removes"]} | {n: digests[i] for n, i in op["adds"].items()}
@@ -94,45 +100,70 @@ def test_sigkill_at_every_failpoint_and_random_moments(forkserver, base_store, s
     ops = _ops(sources)
     rng = random.Random(5)
     kills = clean = acked = lost = 0
+    phases: dict[str, int] = {}  # kills inside the operation, by the last failpoint passed
+    outside = dict.fromkeys(_phasetrace.OUTSIDE, 0)  # kills that landed before the job started or after it ended
+    finished_first = random_inside = 0
     failures: list[str] = []
     enumerated = 0
     plans: list[tuple[str, dict, str | None, float | None]] = []
     for op_name, op in ops.items():
         # A traced run finds every failpoint the operation reaches and how often (never trusting a hand-kept list).
-        out, result, _ = _trial(forkserver, base_store, tmp_path / f"trace-{op_name}", op, digests, sources[5],
-                                     failpoint="*:trace")
+        out, result, _ = _trial(forkserver, base_store, tmp_path / f"trace-{op_name}", op, digests, sources[5])
         assert out.code == 0 and not result.problems, (op_name, out.error, result.problems)
         assert out.seen, f"{op_name} reached no failpoint"
         for name, count in sorted(out.seen.items()):
             hits = range(1, count + 1) if scale.long else sorted({1, (count + 1) // 2, count})
             plans += [(op_name, op, f"{name}:kill@{n}", None) for n in hits]
             enumerated += len(hits)
-        # Random moments within the operation as it runs untraced (the traced run paid first-use costs).
-        elapsed = min(
-            _trial(forkserver, base_store, tmp_path / f"time-{op_name}-{k}", op, digests, sources[5])[0].elapsed
-            for k in range(2)
+        # Random moments within the operation: from its start to its end as the child itself recorded them (the
+        # shorter of two runs, so that few kills come after the end; the traced run paid first-use costs).
+        window = min(
+            (o.phase["end"] - o.phase["start"])
+            for o in (_trial(forkserver, base_store, tmp_path / f"time-{op_name}-{k}", op, digests, sources[5])[0]
+                      for k in range(2))
         )
         randoms = scale.pick(5, 250)
-        plans += [(op_name, op, None, rng.uniform(0, elapsed)) for _ in range(randoms)]
+        plans += [(op_name, op, None, rng.uniform(0, window)) for _ in range(randoms)]
     assert enumerated >= 3 * len(ops)
     for i, (op_name, op, spec, delay) in enumerate(plans):
-        out, result, n_acked = _trial(forkserver, base_store, tmp_path / f"t{i}", op, digests, sources[5],
-                                      failpoint=spec, kill_after=delay)
-        if spec is not None and not out.killed:
-            failures.append(f"{op_name} {spec}: the failpoint was not reached (exit {out.code})")
-        kills += out.killed
+        if spec is None:
+            out, result, n_acked = _trial(forkserver, base_store, tmp_path / f"t{i}", op, digests, sources[5],
+                                          kill_in_op=delay)
+        else:
+            out, result, n_acked = _trial(forkserver, base_store, tmp_path / f"t{i}", op, digests, sources[5],
+                                          failpoint=spec)
+        where = _phasetrace.phase(out.phase) if out.killed else None
+        if spec is not None:
+            if not out.killed:
+                failures.append(f"{op_name} {spec}: the failpoint was not reached (exit {out.code})")
+            elif out.phase["last"] != spec.split(":")[0]:
+                failures.append(f"{op_name} {spec}: the child recorded {out.phase} as where it died")
+        if where in outside:
+            outside[where] += 1
+        elif where is not None:
+            phases[where] = phases.get(where, 0) + 1
+            kills += 1
+            random_inside += spec is None
+        else:
+            finished_first += 1
         acked += n_acked
         lost += sum(p.startswith(("acknowledged", "export of")) for p in result.problems)
         if result.problems:
-            failures.append(f"{op_name} {spec or f'kill after {delay * 1000:.1f} ms'}: {result.problems}")
-        elif out.killed:
+            failures.append(f"{op_name} {spec or f'kill {delay * 1000:.1f} ms into it'} ({where}): {result.problems}")
+        elif where is not None and where not in outside:
             clean += 1
+    randoms = len(plans) - enumerated
     figure(
         "crash (SIGKILL)",
-        f"{kills} kills over {len(ops)} operations ({', '.join(ops)}): {enumerated} at every failpoint hit"
-        f"{'' if scale.long else ' (first, middle, last of each)'}, {kills - enumerated} at random moments (of"
-        f" {len(plans) - enumerated} tries; the others finished first); {clean} clean stores; {len(failures)}"
+        f"{kills} kills inside {len(ops)} operations ({', '.join(ops)}): {enumerated} at every failpoint hit"
+        f"{'' if scale.long else ' (first, middle, last of each)'}, {random_inside} at random moments (of"
+        f" {randoms} tries: {finished_first} finished first, {sum(outside.values())} landed outside the operation"
+        f" ({outside['before start']} before its start, {outside['after end']} after its end) and are not counted);"
+        f" by phase (last failpoint passed): {_phasetrace.describe(phases)}; {clean} clean stores; {len(failures)}"
         f" failures; {acked} acknowledged checkpoints checked byte-exact after the kills, {lost} lost",
+        data={"kills_inside": kills, "at_failpoints": enumerated, "random_tries": randoms,
+              "random_finished_first": finished_first, "outside": outside, "by_phase": phases, "clean": clean,
+              "failures": len(failures), "acknowledged_checked": acked, "lost": lost, "operations": list(ops)},
     )
     assert not failures, "\n".join(failures[:10])
     assert kills >= scale.pick(20, 500)
