@@ -18,7 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) demo/demo.py
 
+# The layer rules first (imports only downward; apps use the public API), then the suite.
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
