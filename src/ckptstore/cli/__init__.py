@@ -24,6 +24,7 @@ COMMANDS = [
     ("cmd_show", "show"),
     ("cmd_cat", "cat"),
     ("cmd_annotate", "annotate"),
+    ("cmd_mv", "mv"),
     ("cmd_export", "export"),
     ("cmd_checkout", "checkout"),
     ("cmd_tag", "tag"),
