@@ -146,12 +146,15 @@ class ReferenceError_(CkptError, LookupError):
         super().__init__(message, hint=hint)
 
 
+def did_you_mean(candidates: tuple[str, ...] | list[str]) -> str:
+    """The sentence " Did you mean 'a' or 'b'?" to append to a message; empty without candidates (see _core/suggest.py)."""
+    return " Did you mean " + " or ".join(repr(c) for c in candidates[:3]) + "?" if candidates else ""
+
+
 class CheckpointNotFound(ReferenceError_):
     def __init__(self, ref: str, candidates: tuple[str, ...] = (), *, run: str | None = None,
                  kind: str = "reference") -> None:
-        message = f"Unknown {kind} {ref!r}."
-        if candidates:
-            message += " Did you mean " + " or ".join(repr(c) for c in candidates[:3]) + "?"
+        message = f"Unknown {kind} {ref!r}." + did_you_mean(candidates)
         listing = f"ckpt ls {run}" if run else "ckpt ls"
         super().__init__(message, ref=ref, candidates=candidates, hint=f"Run '{listing}' to see what is stored.")
 

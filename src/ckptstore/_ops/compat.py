@@ -5,12 +5,11 @@ Shared by `validate` (which reports it) and `load` (which warns, and explains a 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._format.modelconfig import parse_config
 from . import load as _load
-from ..errors import InvalidCheckpoint
 
 if TYPE_CHECKING:
     from .._format.manifest import Manifest
@@ -75,18 +74,7 @@ def read_config(blobs: "Blobs", manifest: "Manifest") -> dict[str, Any] | None:
     entry = manifest.file("config.json")
     if entry is None:
         return None
-    try:
-        raw = json.loads(_load.read_file_bytes(blobs, entry))
-    except ValueError as exc:
-        raise InvalidCheckpoint(
-            f"config.json of {manifest.name!r} is not valid JSON ({exc}).",
-            path="config.json",
-            hint="Fix the file and save the checkpoint again (ckpt export, edit, ckpt save under a new name).",
-        ) from None
-    if not isinstance(raw, dict):
-        raise InvalidCheckpoint(f"config.json of {manifest.name!r} is not a JSON object.", path="config.json",
-                                hint="Re-save the config with save_pretrained.")
-    return raw
+    return parse_config(_load.read_file_bytes(blobs, entry), checkpoint=manifest.name)
 
 
 def compatibility(config: dict[str, Any] | None, manifest: "Manifest") -> Compatibility:

@@ -32,8 +32,9 @@ from .._format.manifest import Manifest
 from .._format.safetensors import ST_TO_TORCH
 from ..errors import InvalidArgument, InvalidCheckpoint, UnsafePickle
 from .capture import capture_model, tensors_source
+from .compat import read_config
 from .ingest import SourceFile, bytes_source
-from .load import load_state_dict, materialized, read_file_bytes, weight_files
+from .load import load_state_dict, materialized, weight_files
 from .save import check_name_free, save_sources
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ def convert_checkpoint(
         name = f"{manifest.name}-{_DTYPE_LABEL[target] if target else 'safetensors'}"
     check_name(name)
     check_name_free(repo, name)
-    config = _read_json(repo, manifest, "config.json")
+    config = read_config(repo.blobs, manifest)
     found = model_class_for(config)
     with contextlib.ExitStack() as stack:
         live = _live_sources(repo, src_id, manifest, found, target, shard, stack) if found is not None else None
@@ -305,17 +306,6 @@ def convert_checkpoint(
     # The commit moved the run's tags (a conversion is neither latest nor best of a run that has its source);
     # the run's policy is not applied: converting is not a training save and must not be what deletes checkpoints.
     return repo.info(cid)
-
-
-def _read_json(repo: "Repository", manifest: Manifest, path: str) -> dict[str, Any] | None:
-    entry = manifest.file(path)
-    if entry is None:
-        return None
-    try:
-        raw = json.loads(read_file_bytes(repo.blobs, entry))
-    except ValueError:
-        return None
-    return raw if isinstance(raw, dict) else None
 
 
 def _weight_paths(manifest: Manifest) -> set[str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 from .._core.info import CheckpointInfo
+from .._core.suggest import suggest
 from ..errors import InvalidArgument
 from ..policies import default_mode
 
@@ -31,10 +31,8 @@ def sort_checkpoints(infos: Iterable[CheckpointInfo], by: str | None = None, *, 
     have = [c for c in infos if by in c.metrics]
     if infos and not have:
         known = sorted({k for c in infos for k in c.metrics})
-        close = difflib.get_close_matches(by, known + list(SORT_KEYS), n=3, cutoff=0.6)
         raise InvalidArgument(
-            f"No checkpoint listed has the metric {by!r}."
-            + (" Did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""),
+            f"No checkpoint listed has the metric {by!r}." + suggest(by, known + list(SORT_KEYS)),
             hint="Sort by step, created, name or a metric they record: " + (", ".join(known) or "none recorded") + ".",
         )
     descending = default_mode(by) == "max"

@@ -8,13 +8,13 @@ and the user should read them as such, never as a problem of the checkpoint or o
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import re
 from typing import Any
 
 from . import loadguard as _loadguard
+from .._core.suggest import suggest
 from ..errors import InvalidArgument
 
 # Keywords the load path itself adds or consumes; they say how to report, not what to load.
@@ -129,8 +129,7 @@ def usage_error(exc: BaseException, kwargs: dict[str, Any], config: dict[str, An
     m = _UNEXPECTED.search(text) if isinstance(exc, TypeError) else None
     if m and m.group(1) in user:
         key = m.group(1)
-        close = difflib.get_close_matches(key, sorted(known_keywords(config)), n=3, cutoff=0.6)
-        guess = (" Did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
+        guess = suggest(key, sorted(known_keywords(config)))
         return InvalidArgument(
             f"store.load got an unexpected keyword argument {key!r}: neither from_pretrained nor the model's config"
             f" takes it.{guess}",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .._core.info import SaveReport
 from .._core.names import RESERVED_TAGS, check_name, check_tag, run_of, step_from_name
 from .._format.manifest import FileEntry, Manifest, manifest_id
+from .._format.modelconfig import config_facts
 from .._repo.objects import BlobWriter, read_blob
 from ..errors import CorruptObject, InvalidArgument, NameExists, RetentionWarning, StoreFull
 from . import retention
@@ -46,20 +47,8 @@ def environment() -> dict[str, str]:
     return env
 
 
-def model_facts(files: list[FileEntry], read_config: Callable[[str], bytes | None]) -> dict[str, Any]:
-    facts: dict[str, Any] = {}
-    raw = read_config("config.json")
-    if raw is not None:
-        try:
-            cfg = json.loads(raw)
-        except ValueError:
-            cfg = {}
-        if isinstance(cfg, dict):
-            for key in ("model_type", "architectures", "transformers_version"):
-                if key in cfg:
-                    facts[key] = cfg[key]
-            if "dtype" in cfg or "torch_dtype" in cfg:
-                facts["config_dtype"] = cfg.get("dtype", cfg.get("torch_dtype"))
+def model_facts(name: str, files: list[FileEntry], read_file: Callable[[str], bytes | None]) -> dict[str, Any]:
+    facts = config_facts(read_file("config.json"), checkpoint=name)
     params, dtypes = count_parameters(files)  # as validate counts them: buffers such as position_ids left out
     if params:
         facts["parameters"] = params
@@ -301,10 +290,10 @@ def save_sources(
                 step=step,
                 parent=parent_id,
                 tags=tags,
-                metrics=check_metrics(metrics),
+                metrics=dict(metrics or {}),  # checked by the callers (save, import: numbers from trainer_state)
                 metadata=dict(metadata or {}),
                 message=message,
-                model=model_facts(entries, read_small),
+                model=model_facts(name, entries, read_small),
                 environment=dict(environment()),
             )
             return commit(repo, manifest, tags), writer.bytes_written

@@ -193,11 +193,10 @@ class CheckpointManager:
             self.store.set_policy(self.run, policy)
         self.store.register_run(self.run, metric=metric, mode=mode or default_mode(metric))
         self.gc = gc
-        self._saver = AsyncSaver(f"ckptstore-save {self.run}") if async_save else None
+        self._saver = AsyncSaver(self.store, f"ckptstore-save {self.run}") if async_save else None
         self._staging = Staging() if async_save else None
         self._restored_step: int | None = None  # the step `restore` went back to, if it did
         self._parent: str | None = None  # what training went on from: the last checkpoint restored or saved here
-        self._background_store: Store | None = None
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.store!r}, {self.run!r}, async_save={self._saver is not None})"
@@ -241,11 +240,7 @@ class CheckpointManager:
             return info
         files = {**model_files(model, self._staging), **files}
 
-        def job() -> CheckpointInfo:
-            if self._background_store is None:
-                # Its own Store (own SQLite connection): the training thread keeps using self.store meanwhile.
-                self._background_store = self.store.reopen()
-            store = self._background_store
+        def job(store: Store) -> CheckpointInfo:
             info = save_after(store, None, name, self.run, self._parent, step=step, metrics=finite,
                               metadata=metadata, extra_files=files)
             self._parent = info.id
@@ -267,10 +262,8 @@ class CheckpointManager:
 
     def close(self) -> None:
         """Wait for the save in flight; the manager can still be used afterwards."""
-        self.wait()
-        if self._background_store is not None:
-            self._background_store.close()
-            self._background_store = None
+        if self._saver is not None:
+            self._saver.close()
 
     def __enter__(self) -> "CheckpointManager":
         return self

@@ -31,7 +31,12 @@ _live: weakref.WeakSet["AsyncSaver"] = weakref.WeakSet()
 
 
 class AsyncSaver:
-    def __init__(self, name: str = "ckptstore-save") -> None:
+    """One save at a time in a background thread, into a Store of its own (its own index connection: the training
+    thread keeps using the caller's meanwhile). The manager and the Trainer callback both save through it."""
+
+    def __init__(self, store: Any, name: str = "ckptstore-save") -> None:
+        self.store = store
+        self._own: Any = None  # store.reopen(), made by the first job
         self.name = name
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -42,16 +47,18 @@ class AsyncSaver:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, job: Callable[[], Any]) -> None:
-        """Run `job` in the background once the previous job is done (raising that job's error, if any)."""
+    def submit(self, job: Callable[[Any], Any]) -> None:
+        """Run `job(store)` in the background once the previous job is done (raising that job's error, if any)."""
         self.wait()
         thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=True)
         self._thread = thread
         thread.start()
 
-    def _run(self, job: Callable[[], Any]) -> None:
+    def _run(self, job: Callable[[Any], Any]) -> None:
         try:
-            self._result = job()
+            if self._own is None:
+                self._own = self.store.reopen()
+            self._result = job(self._own)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
             self._error = exc
 
@@ -65,6 +72,15 @@ class AsyncSaver:
             error, self._error = self._error, None
             raise error
         return self._result
+
+    def close(self) -> None:
+        """Wait for the save in flight, then close the background store (a later submit opens another)."""
+        try:
+            self.wait()
+        finally:
+            if self._own is not None:
+                self._own.close()
+                self._own = None
 
 
 class Staging:

@@ -70,8 +70,7 @@ class CheckpointCallback(TrainerCallback):
         if policy is not None:
             self.store.set_policy(self.run, policy)
         self.store.register_run(self.run)
-        self._saver = AsyncSaver(f"ckptstore-save {self.run}") if async_save else None
-        self._background_store: Store | None = None
+        self._saver = AsyncSaver(self.store, f"ckptstore-save {self.run}") if async_save else None
         self._stored: dict[Path, str] = {}  # local folder -> id, for folders this callback has stored
         self._pending: Path | None = None  # the folder an async save is storing
         self.last_saved: CheckpointInfo | None = None
@@ -114,11 +113,9 @@ class CheckpointCallback(TrainerCallback):
         stage = _stage(folder, Path(args.output_dir) / f".ckptstore-staging-{step}")
         self._pending = folder
 
-        def job() -> CheckpointInfo:
-            if self._background_store is None:
-                self._background_store = self.store.reopen()  # own SQLite connection for this thread
+        def job(store: Store) -> CheckpointInfo:
             try:
-                info = self._save(self._background_store, stage, name, kwargs_)
+                info = self._save(store, stage, name, kwargs_)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
             self._stored_ok(folder, info)
@@ -128,7 +125,8 @@ class CheckpointCallback(TrainerCallback):
         self._cleanup_local(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.wait()
+        if self._saver is not None:
+            self._saver.close()  # waits for the save in flight
         if args.should_save:
             self._cleanup_local(args, state)
 
