@@ -89,7 +89,8 @@ def test_init_writes_store_json_and_is_idempotent(tmp_path):
     root = tmp_path / "s"
     Store.init(root).close()
     cfg = json.loads((root / "store.json").read_text())
-    assert cfg == {"format": 2, "hash": "blake3", "chunk_bytes": cfg["chunk_bytes"], "compression": "none"}
+    assert cfg == {"format": 2, "hash": "blake3", "chunk_bytes": cfg["chunk_bytes"], "compression": "none", "id": cfg["id"]}
+    assert len(cfg["id"]) == 32
     with Store.init(root) as again:
         assert again.list() == []
     with pytest.raises(InvalidArgument):

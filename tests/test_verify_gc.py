@@ -172,7 +172,7 @@ def test_gc_removes_leftovers_of_interrupted_writes(store, tiny_bert_dir):
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"a blob no manifest references")
     plan = store.gc()
-    assert plan.tmp_files == (leftover,) and not leftover.exists()
+    assert plan.tmp_files == (str(leftover),) and not leftover.exists()
     assert [d for d, _ in plan.blobs] == ["ab" * 32] and not orphan.exists()
     assert store.verify().ok
 

@@ -32,6 +32,9 @@ class StoreConfig:
     hash: str = "blake3"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "none"
+    # A random name given at init (format 2): tells a store from another later made at the same place, so that a
+    # reader's cached index of the first is never taken for the second's.
+    id: str = ""
 
     def to_json_bytes(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
@@ -55,7 +58,9 @@ class StoreConfig:
         chunk = raw.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
         if not isinstance(chunk, int) or chunk < 4096:
             raise IncompatibleFormat(f"Store at {path} has an invalid chunk_bytes {chunk!r}.")
-        return cls(format=fmt, hash="blake3", chunk_bytes=chunk, compression="none")
+        store_id = raw.get("id", "")
+        return cls(format=fmt, hash="blake3", chunk_bytes=chunk, compression="none",
+                   id=store_id if isinstance(store_id, str) else "")
 
 
 def resolve_store_path(path: str | os.PathLike[str] | None = None) -> Path:

@@ -193,5 +193,11 @@ class MemoryBackend:
     def free_bytes(self) -> None:
         return None  # memory: no up-front check
 
+    def leftovers(self, *, grace: float) -> list[str]:
+        return []  # a memory session that dies takes its staged blobs with it
+
+    def remove_leftovers(self, items) -> None:
+        pass
+
     def close(self) -> None:
         self._scratch.cleanup()

@@ -17,7 +17,9 @@ import fcntl
 import mmap
 import os
 import secrets
+import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -398,6 +400,40 @@ LAYOUT = ("objects", "checkpoints", "names", "refs", "policies", "deleted", "ann
           "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal")
 
 
+def _writer_alive(name: str) -> bool:
+    """Temporary names start with the writer's pid (see make_tmp_path). A reused pid only makes gc keep a file."""
+    pid = name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_tmp_files(tmp_dir: Path, *, grace: float) -> list[Path]:
+    """What gc may delete in tmp/. Blob files (`*.blob`) are written only under the objects lock, which gc holds
+    exclusively, so all of them are leftovers of interrupted saves. Anything else (a tag or policy being written,
+    a folder materialized for a load) may belong to a command running now: it goes when the process that wrote
+    it is gone, or after `grace` seconds."""
+    if not tmp_dir.is_dir():
+        return []
+    now = time.time()
+    out = []
+    for p in tmp_dir.iterdir():
+        try:
+            if p.name.endswith(".blob") and p.is_file():
+                out.append(p)
+            elif not _writer_alive(p.name) or now - p.lstat().st_mtime >= grace:
+                out.append(p)
+        except FileNotFoundError:
+            pass
+    return sorted(out)
+
+
 class LocalBackend:
     """A store in a local folder."""
 
@@ -437,6 +473,21 @@ class LocalBackend:
             refuse_link(self.root / sub)
         if (self.root / "store.json").is_file() and self.writable:
             self._make_layout()
+
+    def leftovers(self, *, grace: float) -> list[str]:
+        """Temporary files of interrupted writes that gc may remove (the caller holds the objects lock)."""
+        return [str(p) for p in stale_tmp_files(self.root / "tmp", grace=grace)]
+
+    def remove_leftovers(self, items: list[str] | tuple[str, ...]) -> None:
+        for item in items:
+            failpoint("gc.tmp")
+            path = Path(item)
+            if path.parent != self.root / "tmp":  # only what leftovers() named
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def free_bytes(self) -> int | None:
         """Bytes a write by this process can still use on the store's filesystem (root may use the reserve)."""

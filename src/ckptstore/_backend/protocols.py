@@ -131,6 +131,13 @@ class Backend(Protocol):
         """Check the location before anything reads through it."""
         ...
 
+    def leftovers(self, *, grace: float) -> list[str]:
+        """Temporary files of interrupted writes, for gc to remove (under the objects lock, so no save is writing;
+        other temporary files only once their writer is gone or `grace` seconds old)."""
+        ...
+
+    def remove_leftovers(self, items: list[str] | tuple[str, ...]) -> None: ...
+
     def free_bytes(self) -> int | None:
         """Bytes a write can still use (None where there is no such limit to check up front)."""
         ...

@@ -6,11 +6,7 @@ of interrupted writes.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._core.failpoints import failpoint
@@ -31,7 +27,7 @@ class GcPlan:
     """What `gc` removes. Nothing happens until the store executes it (`Store.gc(dry_run=False)`)."""
 
     blobs: tuple[tuple[str, int], ...]  # (digest, size) of unreferenced blobs
-    tmp_files: tuple[Path, ...]  # leftovers of interrupted writes
+    tmp_files: tuple[str, ...]  # leftovers of interrupted writes (the backend's temporary files)
     referenced_blobs: int
     executed: bool = False
     saves_in_progress: bool = False  # a dry run that found saves running: their uncommitted blobs are counted
@@ -55,40 +51,6 @@ class GcPlan:
             "saves_in_progress": self.saves_in_progress,
             "manifests_removed": len(self.manifests),
         }
-
-
-def _writer_alive(name: str) -> bool:
-    """Temporary names start with the writer's pid (see make_tmp_path). A reused pid only makes gc keep a file."""
-    pid = name.split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale_tmp_files(tmp_dir: Path, *, grace: float) -> list[Path]:
-    """What gc may delete in tmp/. Blob files (`*.blob`) are written only under the objects lock, which gc holds
-    exclusively, so all of them are leftovers of interrupted saves. Anything else (a tag or policy being written,
-    a folder materialized for a load) may belong to a command running now: it goes when the process that wrote
-    it is gone, or after `grace` seconds."""
-    if not tmp_dir.is_dir():
-        return []
-    now = time.time()
-    out = []
-    for p in tmp_dir.iterdir():
-        try:
-            if p.name.endswith(".blob") and p.is_file():
-                out.append(p)
-            elif not _writer_alive(p.name) or now - p.lstat().st_mtime >= grace:
-                out.append(p)
-        except FileNotFoundError:
-            pass
-    return sorted(out)
 
 
 def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> GcPlan:
@@ -133,7 +95,7 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
             else:
                 unclaimed.append(cid)
         garbage = tuple((d, s) for d, s, _ in repo.blobs.iter() if d not in referenced)
-        tmp = tuple(stale_tmp_files(repo.tmp, grace=TMP_GRACE_SECONDS))
+        tmp = tuple(repo.backend.leftovers(grace=TMP_GRACE_SECONDS))
         plan = GcPlan(garbage, tmp, len(referenced), saves_in_progress=saving, manifests=tuple(unclaimed))
         if dry_run:
             return plan
@@ -143,10 +105,5 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
         annotations.remove(repo.docs, annotations.ids(repo.docs) - claimed)  # left by a crashed delete
         for digest, _ in garbage:
             repo.blobs.delete(digest)
-        for p in tmp:
-            failpoint("gc.tmp")
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        repo.backend.remove_leftovers(tmp)
     return GcPlan(garbage, tmp, len(referenced), executed=True, manifests=tuple(unclaimed))

@@ -82,14 +82,15 @@ def disk_full(exc: BaseException) -> bool:
     return _sqlite_code(exc) == _SQLITE_FULL or "database or disk is full" in str(exc)
 
 
-def open_catalog(root: Path, *, read_only: bool) -> Catalog:
-    """The store's own index; for a process that cannot write it, an index of its own (see the module docstring)."""
+def open_catalog(root: Path, *, read_only: bool, identity: str) -> Catalog:
+    """The store's own index in `root`; for a process that cannot write it, an index of its own (see the module
+    docstring), named after the store's `identity`."""
     if not read_only:
         try:
             return Catalog(root / "index.sqlite")
         except IndexNotWritable:
             pass
-    path = reader_index_path(root)
+    path = reader_index_path(identity)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,22 +100,17 @@ def open_catalog(root: Path, *, read_only: bool) -> Catalog:
     return Catalog(":memory:")
 
 
-def reader_index_path(root: Path) -> Path | None:
-    """Where a reader without write access keeps its index of the store at `root` (None: no cache folder)."""
+def reader_index_path(identity: str) -> Path | None:
+    """Where a reader without write access keeps its index of the store `identity` names (its location and its id,
+    so that a store made again at the same place gets a fresh index, not one that would take its missing
+    checkpoints for lost ones). None: no cache folder."""
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
         try:
             base = str(Path.home() / ".cache")
         except RuntimeError:
             return None
-    try:
-        # The path and store.json's identity: a store rebuilt at the same path gets a fresh index, not one that
-        # would take its missing checkpoints for lost ones.
-        st = os.stat(root / "store.json")
-        key = f"{os.path.realpath(root)}\0{st.st_dev}:{st.st_ino}"
-    except OSError:
-        return None
-    return Path(base) / "ckptstore" / hashlib.sha256(key.encode()).hexdigest()[:24] / "index.sqlite"
+    return Path(base) / "ckptstore" / hashlib.sha256(identity.encode()).hexdigest()[:24] / "index.sqlite"
 
 
 _COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, file_count, metrics, metadata"

@@ -13,6 +13,7 @@ what makes the store format 2. A kill at any point leaves a format-1 store that 
 from __future__ import annotations
 
 import os
+import uuid
 
 from .._backend.local import LocalBackend
 from .._backend.protocols import Backend
@@ -41,7 +42,8 @@ def init_repository(backend: Backend, *, chunk_bytes: int | None = None, exist_o
             raise InvalidArgument(f"A store already exists at {backend.url!r}.", hint="Open it instead.")
         return open_repository(backend)
     backend.create()
-    config = StoreConfig(chunk_bytes=check_chunk_bytes(chunk_bytes) if chunk_bytes else StoreConfig.chunk_bytes)
+    config = StoreConfig(chunk_bytes=check_chunk_bytes(chunk_bytes) if chunk_bytes else StoreConfig.chunk_bytes,
+                         id=uuid.uuid4().hex)
     # store.json last: a location without it is not a store yet, so an interrupted init can simply be re-run.
     keys.upsert(backend.documents, keys.STORE_JSON, config.to_json_bytes())
     return open_repository(backend)
@@ -89,7 +91,7 @@ def upgrade(repo: Repository) -> bool:
             repo.claim(name, cid)
         repo.record_deleted(format1.deletions(repo))
         failpoint("upgrade.config")
-        upgraded = StoreConfig(chunk_bytes=current.chunk_bytes)
+        upgraded = StoreConfig(chunk_bytes=current.chunk_bytes, id=current.id or uuid.uuid4().hex)
         keys.upsert(repo.docs, keys.STORE_JSON, upgraded.to_json_bytes())
         repo.config = upgraded
         repo.docs.remove(format1.DELETION_LOG)

@@ -51,6 +51,12 @@ class Repository:
     def url(self) -> str:
         return self.backend.url
 
+    @property
+    def identity(self) -> str:
+        """The store's location and id (format 1 stores, which have no id: the version of their store.json)."""
+        got = self.docs.get(keys.STORE_JSON)
+        return f"{self.url}\0{self.config.id or (got[1] if got else '')}"
+
     def close(self) -> None:
         if self._catalog is not None:
             self._catalog.close()
@@ -163,7 +169,7 @@ class Repository:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = open_catalog(self.scratch, read_only=self.read_only)
+            self._catalog = open_catalog(self.scratch, read_only=self.read_only, identity=self.identity)
             # No lock: readers must not wait for a writer (one stopped in its commit would block them all). A sync
             # that races a delete may index a checkpoint about to go; the next sync drops it (its deletion record
             # is written first), so the race cannot make a checkpoint look lost.
