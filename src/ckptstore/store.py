@@ -14,6 +14,9 @@ from ._core.info import CheckpointInfo, DiskUsage, SaveReport
 from ._format.manifest import Manifest
 from ._ops import delete as _delete, names as _names, retention as _retention, save as _save, usage as _usage
 from ._ops import gc as _gc, load as _load, verify as _verify
+from ._ops import annotate as _annotate, checkout as _checkout, diff as _diff, importing as _importing
+from ._ops import inspect as _inspect, listing as _listing, modelload as _modelload, runlog as _runlog
+from ._ops import validate as _validate
 from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
 from ._ops.verify import VerifyReport
@@ -96,10 +99,8 @@ class Store:
 
     def list(self, run: str | None = None, *, sort: str | None = None, reverse: bool = False) -> list[CheckpointInfo]:
         """Checkpoints, newest first, of `run` when given; `sort` by 'step', 'created', 'name' or a metric."""
-        from ._ops.listing import sort_checkpoints
-
         infos = self._repo.catalog.infos(run=run)
-        return infos if sort is None and not reverse else sort_checkpoints(infos, sort, reverse=reverse)
+        return infos if sort is None and not reverse else _listing.sort_checkpoints(infos, sort, reverse=reverse)
 
     def runs(self) -> list[str]:
         return self._repo.catalog.runs()
@@ -134,30 +135,22 @@ class Store:
 
     def describe(self, ref: str) -> dict[str, Any]:
         """Everything `ckpt show --json` prints: record, model facts, files, tensors by module, sizes, lineage."""
-        from ._ops.inspect import describe
-
-        return describe(self._repo, ref)
+        return _inspect.describe(self._repo, ref)
 
     def log(self, run: str) -> list[CheckpointInfo]:
         """The run's checkpoints in step order (an unknown run: CheckpointNotFound with did-you-mean)."""
-        from ._ops.runlog import run_log
-
-        return run_log(self._repo, run)
+        return _runlog.run_log(self._repo, run)
 
     def plot(self, run: str, path: str | os.PathLike[str]) -> Path:
         """Draw the run's metrics over steps (best starred, tagged ringed, the logged curves too) into `path`."""
-        from ._ops.runlog import plot
-
-        return plot(self._repo, run, path)
+        return _runlog.plot(self._repo, run, path)
 
     # -- saving -------------------------------------------------------------------------------------------------
     @staticmethod
     def check_source(src: str | os.PathLike[str], name: str, tags: Iterable[str] = ()) -> int:
         """Refuse what `save` would refuse of a folder before anything is written (name, tags, the folder and its
         safetensors headers); returns the bytes the save will read."""
-        from ._ops.save import check_source
-
-        return check_source(Path(src), name, tags)
+        return _save.check_source(Path(src), name, tags)
 
     def save(self, src: Any, name: str, *, tokenizer: Any = None, tags: Iterable[str] = (),
              metrics: Mapping[str, float] | None = None, metadata: Mapping[str, Any] | None = None,
@@ -187,16 +180,12 @@ class Store:
     def import_folder(self, path: str | os.PathLike[str], *, run: str | None = None, keep_pickles: bool = False,
                       progress: Any = None):
         """Import a model folder, a Trainer output folder or a hub cache folder. Returns an ImportReport."""
-        from ._ops.importing import import_folder
-
-        return import_folder(self._repo, path, run=run, keep_pickles=keep_pickles, progress=progress)
+        return _importing.import_folder(self._repo, path, run=run, keep_pickles=keep_pickles, progress=progress)
 
     def import_hf_cache(self, cache_dir: str | os.PathLike[str] | None = None, *, keep_pickles: bool = False,
                         progress: Any = None):
         """Import every snapshot of every model in a Hugging Face hub cache (default: the user's)."""
-        from ._ops.importing import import_hf_cache
-
-        return import_hf_cache(self._repo, cache_dir, keep_pickles=keep_pickles, progress=progress)
+        return _importing.import_hf_cache(self._repo, cache_dir, keep_pickles=keep_pickles, progress=progress)
 
     def convert(self, ref: str, to: str = "safetensors", dtype: Any = None, max_shard_size: int | str | None = None,
                 name: str | None = None) -> CheckpointInfo:
@@ -208,14 +197,10 @@ class Store:
     # -- loading ------------------------------------------------------------------------------------------------
     def load(self, ref: str, cls: Any = None, *, verify: bool = False, materialize: bool | None = None, **kwargs: Any):
         """Load through `cls.from_pretrained` (default: the saved architecture); every keyword passes through."""
-        from ._ops.modelload import load_model
-
-        return load_model(self._repo, ref, cls, verify=verify, materialize=materialize, **kwargs)
+        return _modelload.load_model(self._repo, ref, cls, verify=verify, materialize=materialize, **kwargs)
 
     def load_tokenizer(self, ref: str, cls: Any = None, **kwargs: Any):
-        from ._ops.modelload import load_tokenizer
-
-        return load_tokenizer(self._repo, ref, cls, **kwargs)
+        return _modelload.load_tokenizer(self._repo, ref, cls, **kwargs)
 
     def load_state_dict(self, ref: str, *, verify: bool = False) -> dict[str, Any]:
         """The model weights as a dict of tensors mapped from the blobs (no copy where the store is local)."""
@@ -241,9 +226,7 @@ class Store:
 
     def checkout(self, ref: str, dest: str | os.PathLike[str], *, verify: bool = False, on_progress=None) -> Path:
         """`export` for resuming training; refuses a checkpoint without optimizer and training state."""
-        from ._ops.checkout import checkout
-
-        return checkout(self._repo, ref, dest, verify=verify, on_progress=on_progress)
+        return _checkout.checkout(self._repo, ref, dest, verify=verify, on_progress=on_progress)
 
     @contextlib.contextmanager
     def hold(self, ref: str) -> Iterator[str]:
@@ -267,9 +250,7 @@ class Store:
     def annotate(self, ref: str, *, metrics: Mapping[str, float] | None = None,
                  metadata: Mapping[str, Any] | None = None, message: str | None = None) -> CheckpointInfo:
         """Add metrics, metadata or a message after the save; they override or extend the saved ones."""
-        from ._ops.annotate import annotate
-
-        return self._repo.info(annotate(self._repo, ref, metrics=metrics, metadata=metadata, message=message))
+        return self._repo.info(_annotate.annotate(self._repo, ref, metrics=metrics, metadata=metadata, message=message))
 
     # -- removing -----------------------------------------------------------------------------------------------
     def delete(self, refs: str | Iterable[str], *, dry_run: bool = False) -> DeletePlan:
@@ -319,13 +300,9 @@ class Store:
 
     def validate(self, ref: str, cls: Any = None, text: str | None = None):
         """Load with from_pretrained, scan for NaN/Inf, run a forward pass: a ValidationReport (`.ok`)."""
-        from ._ops.validate import validate
-
-        return validate(self._repo, ref, cls, text)
+        return _validate.validate(self._repo, ref, cls, text)
 
     def diff(self, a: str, b: str):
         """How `b` differs from `a`: config, files, tensors (equal blobs are not read). A DiffReport."""
-        from ._ops.diff import diff
-
-        return diff(self._repo, a, b)
+        return _diff.diff(self._repo, a, b)
 
