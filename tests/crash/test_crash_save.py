@@ -3,7 +3,7 @@
 Two campaigns run side by side, each on its own store holding ~44 MB BERT checkpoints (1 MiB chunks: a save writes
 about sixty blobs); each save is of a new variant of the model, so every blob it writes is new:
 
-- killed at each named step of the write path (CKPT_FAILPOINT=<step>:kill, src/ckptstore/_failpoints.py);
+- killed at each named step of the write path (CKPT_FAILPOINT=<step>:kill, src/ckptstore/_core/failpoints.py);
 - killed at a random moment after the save's first blob appears in tmp/, then rerun (as a user would) until it
   completes, so reruns meet the blobs and temporary files the killed runs left.
 

@@ -25,7 +25,7 @@ _NAME = slice(_HEAD.size, SIZE)
 
 BEFORE, RUNNING, AFTER = 0, 1, 2
 
-# The phases a kill is counted in: blob steps one by one, the other failpoints by family (see _failpoints.py).
+# The phases a kill is counted in: blob steps one by one, the other failpoints by family (see _core/failpoints.py).
 _OWN = ("blob.write", "blob.sync", "blob.rename")
 NO_FAILPOINT_YET = "started, no failpoint yet"
 OUTSIDE = ("before start", "after end")

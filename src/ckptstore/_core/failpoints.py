@@ -23,20 +23,25 @@ The failpoints, in the order a save, a delete, a gc and a tag update reach them:
 ``blob.rename``        before each rename of a durable blob from ``tmp/`` to ``objects/``
 ``manifest.write``     before the manifest is written (once), then before each write(2) of it into ``tmp/``
 ``manifest.fsync``     before the manifest's fsync
-``manifest.rename``    before the rename that commits the checkpoint
+``manifest.rename``    before the link that puts the manifest in place (invisible until its name is claimed)
+``name.claim``         before the name claim that commits the checkpoint (then ``name.write``/``.fsync``/``.rename``)
+``name.release``       before a name claim is removed (delete, rename, a failed save taken back)
 ``ref.write``          before a tag file is written (once), then before each write(2) of it
 ``ref.fsync``          before a tag file's fsync
 ``ref.rename``         before the rename that moves a tag
 ``ref.remove``         before a tag file is unlinked (delete, untag, prune)
 ``index.update``       before each SQLite transaction that adds or removes checkpoints in the index
 ``index.tags``         before the SQLite transaction that rewrites the tags table of the index
-``delete.log``         before a delete (or prune) appends its checkpoints to ``checkpoints/deleted.log``
+``delete.log``         before a delete (or prune) writes its deletion records ``deleted/<id>`` (then
+                       ``delete.write``/``.fsync``/``.rename`` of each)
 ``delete.manifest``    before each manifest unlink of a delete (and so of prune)
 ``gc.plan``            after gc has listed what to remove, before it removes anything
 ``gc.unlink``          before each unreferenced blob is unlinked
 ``gc.tmp``             before each leftover temporary file is unlinked
 ``policy.*``           ``policy.write``/``policy.fsync``/``policy.rename`` of a run's settings (set_policy)
-``write.*``            ``write.write``/``write.fsync``/``write.rename`` of other small atomic files (store.json)
+``write.*``            ``write.write``/``write.fsync``/``write.rename`` of other documents (store.json, annotations)
+``upgrade.claim``      before each name claim the format-1 -> 2 upgrade writes
+``upgrade.config``     before the upgrade writes store.json with format 2
 =====================  ==========================================================================================
 
 A prune reaches the failpoints of a delete (``delete.log`` ... ``delete.manifest``) and of the tags it moves.

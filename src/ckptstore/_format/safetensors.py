@@ -1,9 +1,9 @@
 """Split a ``.safetensors`` file into its header and per-tensor byte ranges, and predict headers.
 
-The store keeps a safetensors file as two kinds of blob (DESIGN.md, "Tensor blobs"): the header, verbatim
-(8-byte little-endian length, JSON, padding), and one blob per tensor's data. Writing the header and then the
-tensor blobs in file order gives back the original bytes, so reassembly needs no knowledge of the format
-beyond the :class:`Layout` this module computes.
+The store keeps a safetensors file as two kinds of blob (docs/format.md, "Manifest"): the header, verbatim
+(8-byte little-endian length, JSON, padding), and one blob per tensor's data (large tensors in chunks). Writing
+the header and then the tensor blobs in file order gives back the original bytes, so reassembly needs no knowledge
+of the format beyond the :class:`Layout` this module computes.
 
 Three jobs live here:
 

@@ -343,9 +343,11 @@ def _reclaim(repo: "Repository", name: str, cid: str) -> bool:
 
 
 def _undo(repo: "Repository", cid: str, manifest: Manifest, previous: Mapping[str, str | None]) -> None:
-    """Take back a commit whose tags or index row could not be written, in delete's order (tags, index row, name,
-    manifest). Best effort on a failing disk: each step only if the one before it worked, so what is left is at
-    worst a whole checkpoint, never a tag pointing at nothing or an index row without its manifest."""
+    """Take back a commit whose tags or index row could not be written: tags, index row, name claim, manifest. The
+    claim goes before the manifest, unlike in a delete: no deletion record is written here, so a claim left without
+    its manifest would read as a lost checkpoint, while a manifest left unclaimed is invisible garbage for gc. Best
+    effort on a failing disk: each step only if the one before it worked, so what is left is at worst a whole
+    checkpoint, never a tag pointing at nothing or an index row without its manifest."""
     try:
         for tag, old in previous.items():
             if old is None:

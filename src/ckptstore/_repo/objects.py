@@ -1,7 +1,8 @@
 """Blobs as a save writes and a load reads them: hashing in worker threads over the backend's blob session.
 
-Write order (DESIGN principle 3): a session stages new blobs and makes them durable and visible together on commit,
-so a blob under its name always holds its whole content; a crash leaves at worst unreferenced blobs for gc.
+Write order (docs/format.md): blobs are made durable before anything references them. A session stages new blobs
+and makes them durable and visible together on commit, so a blob under its name always holds its whole content; a
+crash leaves at worst unreferenced blobs for gc.
 """
 
 from __future__ import annotations
