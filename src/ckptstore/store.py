@@ -84,6 +84,12 @@ class Store:
     def config(self):
         return self._repo.config
 
+    @property
+    def upgraded_from(self) -> int | None:
+        """The format this Store upgraded the store from (when it opened it, or in ``fsck(upgrade_format=True)``),
+        else None."""
+        return self._repo.upgraded_from
+
     # -- looking ------------------------------------------------------------------------------------------------
     def resolve(self, ref: str) -> str:
         """The id of the checkpoint `ref` names: a name, ``RUN:TAG``, or an id or unambiguous id prefix."""

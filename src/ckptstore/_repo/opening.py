@@ -7,7 +7,11 @@ place the first time this version opens it for writing; read-only, it is read as
 
 The upgrade is crash-safe because every step can be done twice: it writes the claims and deletion records of what
 the store already holds (create-if-absent: a second run finds them there), and only then store.json, which is
-what makes the store format 2. A kill at any point leaves a format-1 store that the next open upgrades again.
+what makes the store format 2. A kill before that leaves a format-1 store that the next open upgrades again; a
+kill after it leaves checkpoints/deleted.log behind, which format 2 never reads and `ckpt fsck --upgrade` removes.
+In a format-1 store the manifests and the log are the truth and names/ is derived from them, so an upgrade that
+finds claims an interrupted one wrote makes them match the manifests (a format-1 writer may have deleted or
+saved since).
 """
 
 from __future__ import annotations
@@ -66,8 +70,19 @@ def upgrade(repo: Repository) -> bool:
     """Upgrade a format-1 store to format 2 in place. Returns False when there was nothing to do."""
     with repo.commit_lock():
         current = read_config(repo.backend)
-        if current is None or current.format >= FORMAT_VERSION:
+        if current is None:
             return False
+        if current.format >= FORMAT_VERSION:
+            # Another process upgraded it while this one waited for the lock: read it as what it is now, or this
+            # one would go on reading a format-2 store as format 1 (its deletions from a log that is gone).
+            if repo.config.format != current.format:
+                repo.config = current
+                repo.close()  # its next look syncs from the claims
+            if repo.docs.get(format1.DELETION_LOG) is None:
+                return False
+            repo.docs.remove(format1.DELETION_LOG)  # left by an upgrade killed after it wrote store.json
+            repo.upgraded_from = 1  # this finished it
+            return True
         # The old index knows the names of manifests that no longer parse; claim those too, so that verify keeps
         # naming them and gc keeps refusing to guess their blobs, exactly as in format 1.
         known = {}
@@ -86,14 +101,22 @@ def upgrade(repo: Repository) -> bool:
                 name, created = known[cid], 0.0
             if name not in named or named[name][0] <= created:  # two manifests of one name: the newest wins
                 named[name] = (created, cid)
+        # Claims an interrupted upgrade wrote for checkpoints a format-1 writer has deleted (or saved again) since.
+        for key in sorted(repo.docs.list(keys.NAMES)):
+            name = keys.name_of_key(key)
+            if name not in named:
+                repo.release(name)
         for name, (_, cid) in sorted(named.items()):
             failpoint("upgrade.claim")
-            repo.claim(name, cid)
+            if not repo.claim(name, cid) and repo.claimed_id(name) != cid:
+                repo.release(name)
+                repo.claim(name, cid)
         repo.record_deleted(format1.deletions(repo))
         failpoint("upgrade.config")
         upgraded = StoreConfig(chunk_bytes=current.chunk_bytes, id=current.id or uuid.uuid4().hex)
         keys.upsert(repo.docs, keys.STORE_JSON, upgraded.to_json_bytes())
         repo.config = upgraded
+        repo.upgraded_from = current.format
         repo.docs.remove(format1.DELETION_LOG)
         repo.close()  # the next look syncs from the claims
     return True

@@ -46,6 +46,7 @@ class Repository:
         self._catalog: Catalog | None = None
         self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
         self._commit_owner: int | None = None  # the thread holding the commit lock through this repository
+        self.upgraded_from: int | None = None  # the format this repository upgraded the store from (opening.py)
 
     @property
     def url(self) -> str:
