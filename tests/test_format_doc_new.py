@@ -5,11 +5,8 @@ comment of the repository sends a reader to a file outside it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ import pytest
 from ckptstore import Store
 
 from conftest import REPO, run_ckpt_subprocess
+from mounts import mount_tmpfs, remount_read_only, unmount
 
 FORMAT_MD = REPO / "docs" / "format.md"
 
@@ -140,22 +138,15 @@ def test_an_upgrade_killed_after_store_json_leaves_a_log_that_format_2_ignores(t
 
 
 def test_a_read_only_format1_store_is_read_as_it_is(tmp_path, monkeypatch, ckpt):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a filesystem needs root")
     mnt = tmp_path / "ro-mount"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", f"ckpt-f1-{uuid.uuid4().hex[:8]}", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    mount_tmpfs(mnt)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     try:
         root = mnt / "store"
         ids = _make_store(root)
         _as_format1(root)
         (root / "index.sqlite").unlink()  # the reader builds its own index from the format-1 files
-        proc = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+        remount_read_only(mnt)
         r = ckpt("ls", "--json", "--store", root)
         assert r.code == 0, r.err
         listed = {c["name"]: c["id"] for c in json.loads(r.out)}
@@ -163,4 +154,4 @@ def test_a_read_only_format1_store_is_read_as_it_is(tmp_path, monkeypatch, ckpt)
         assert ckpt("verify", "--store", root).code == 0
         assert _format(root) == 1 and not (root / "names").exists()
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        unmount(mnt)

@@ -25,6 +25,7 @@ import ckptstore
 from ckptstore import Store
 from ckptstore._core import failpoints
 from ckptstore.policies import RetentionPolicy
+from mounts import mount_tmpfs, remount_read_only, unmount
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixtures" / "format1-store"
@@ -154,25 +155,18 @@ def test_opening_writable_upgrades_in_place_and_everything_works_after(f1, tmp_p
 @pytest.fixture
 def ro_f1(tmp_path, monkeypatch):
     """The format-1 fixture on a tmpfs remounted read-only (tests run as root: permissions alone stop nothing)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a filesystem needs root")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
     mnt = tmp_path / "ro-mount"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", f"ckpt-f1-{uuid.uuid4().hex[:8]}", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    mount_tmpfs(mnt)
     try:
         root = mnt / "store"
         shutil.copytree(FIXTURE, root)
-        proc = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+        remount_read_only(mnt)
         with pytest.raises(OSError):
             (root / "probe").write_bytes(b"x")
         yield root
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        unmount(mnt)
 
 
 def test_a_read_only_format1_store_is_read_as_it_is(ro_f1, tmp_path, tree_sha256, ckpt):

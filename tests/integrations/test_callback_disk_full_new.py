@@ -4,11 +4,7 @@ with a RetentionWarning instead of dying. Once space is back, the next checkpoin
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
-import uuid
 import warnings
 from pathlib import Path
 
@@ -26,20 +22,15 @@ from test_store_full_new import fill  # noqa: E402
 
 sys.path.pop(0)
 from test_transformers_callback import make_trainer  # noqa: E402
+from mounts import mount_tmpfs, unmount  # noqa: E402
 
 
 @pytest.fixture
 def small_fs(tmp_path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a size-limited tmpfs needs root")
     mnt = tmp_path / "small-fs"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", f"ckpt-cb-{uuid.uuid4().hex[:8]}", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    mount_tmpfs(mnt, "16m")
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    unmount(mnt)
 
 
 class FreeSpaceAt(transformers.TrainerCallback):

@@ -11,7 +11,6 @@ import sys
 import threading
 from pathlib import Path
 
-from .._core.failpoints import failpoint
 
 _libc = None
 
@@ -127,33 +126,6 @@ def map_concat(files: list[tuple[int, int]]) -> mmap.mmap | None:
 
 
 _MAP_FIXED = 0x10  # the same value on Linux and macOS; Python's mmap module does not export it
-
-
-def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path, *, failpoint_name: str = "write") -> None:
-    """Write `data` to `path` so that a reader sees either the old file or the whole new one, even after a crash."""
-    tmp = make_tmp_path(tmp_dir)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            failpoint(f"{failpoint_name}.write")
-            n = os.write(fd, view)
-            view = view[n:]
-        failpoint(f"{failpoint_name}.fsync")
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        failpoint(f"{failpoint_name}.rename")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 _COPY_BLOCK = 1 << 20
