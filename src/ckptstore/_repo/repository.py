@@ -137,17 +137,18 @@ class Repository:
         failpoint("name.release")
         self.docs.remove(keys.name_key(name))
 
-    def claims(self) -> dict[str, str]:
+    def claims(self, on_disk: set[str] | None = None) -> dict[str, str]:
         """name -> id of every claimed name. Claims never change once written (a delete removes one, a rename
         writes a new one), so only claims the catalog does not know with a live manifest are read."""
         cat = self._catalog
         if self.config.format < 2:
             return format1.claims(self, cat.names_by_id() if cat is not None else {})
-        on_disk = self.manifest_ids()
+        on_disk = self.manifest_ids() if on_disk is None else on_disk
+        known = {name: cid for cid, name in cat.names_by_id().items()} if cat is not None else {}
         out: dict[str, str] = {}
         for key in self.docs.list(keys.NAMES):
             name = keys.name_of_key(key)
-            cid = cat.id_for_name(name) if cat is not None else None
+            cid = known.get(name)
             if cid is None or cid not in on_disk:
                 cid = self.claimed_id(name)
             if cid is not None:
@@ -184,7 +185,7 @@ class Repository:
             self.catalog  # opening syncs
             return
         disk = self.manifest_ids()
-        claims = self.claims()
+        claims = self.claims(disk)
         visible = {cid: name for name, cid in claims.items() if cid in disk}
         indexed = cat.names_by_id()
         renamed = {cid for cid, name in indexed.items() if cid in visible and visible[cid] != name}
@@ -193,8 +194,9 @@ class Repository:
             deleted = {cid for cid in extra if cid in renamed or self.was_deleted(cid)}
             cat.remove_many(deleted)
             cat.remove_many(extra - deleted, lost=True)
+        known_lost = cat.lost()
         lost = [(cid, name) for name, cid in claims.items()
-                if cid not in disk and cid not in indexed and not self.was_deleted(cid)]
+                if cid not in disk and cid not in indexed and cid not in known_lost and not self.was_deleted(cid)]
         if lost:
             cat.add_lost(lost)
         missing = set(visible) - (set(indexed) - extra) - set(self.damaged_manifests)
