@@ -13,7 +13,12 @@ import pytest
 from ckptstore import Store
 from ckptstore._core.info import CheckpointInfo
 from ckptstore.errors import InvalidArgument, PolicyError
-from ckptstore.policies import KeepWithin, KeepWithinEvery, RetentionPolicy, parse_duration
+from ckptstore.policies import (
+    KeepWithin,
+    KeepWithinEvery,
+    RetentionPolicy,
+    parse_duration,
+)
 
 H, D = 3600, 86400
 # 2026-03-02 00:00 UTC, a Monday: buckets below are easy to read off.

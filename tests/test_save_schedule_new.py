@@ -56,7 +56,7 @@ def test_schedule_steps_alone_never_looks_at_the_clock() -> None:
     clock = FakeClock()
     s = SaveSchedule(every_steps=10, clock=clock)
     clock.advance(10**9)
-    assert [step for step in range(0, 31) if s.due(step)] == [10, 20, 30]
+    assert [step for step in range(31) if s.due(step)] == [10, 20, 30]
     assert not SaveSchedule(clock=clock).enabled
 
 
