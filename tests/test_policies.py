@@ -246,8 +246,8 @@ def test_retention_policy_json_has_stable_keys_and_round_trips() -> None:
 
 
 def test_from_json_refuses_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(PolicyError, match="Unknown key.*'keep_within'") as info:
-        RetentionPolicy.from_json({"keep_last": 2, "keep_within": "30d"})
+    with pytest.raises(PolicyError, match="Unknown key.*'keep_monthly'") as info:
+        RetentionPolicy.from_json({"keep_last": 2, "keep_monthly": 6})
     assert "upgrade" in info.value.hint
     with pytest.raises(PolicyError, match="JSON object"):
         RetentionPolicy.from_json([["keep_last", 2]])  # type: ignore[arg-type]

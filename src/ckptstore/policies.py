@@ -7,7 +7,10 @@ Keeping the decision apart from the deletion is what lets us test every rule wit
 read exactly what would go before anything goes.
 
 The building blocks follow orbax's preservation policies: small objects that each keep checkpoints for one reason
-(:class:`LatestN`, :class:`BestN`, :class:`EveryNSteps`, :class:`Tagged`) and :class:`AnyOf` to combine them.
+(:class:`LatestN`, :class:`BestN`, :class:`EveryNSteps`, :class:`Tagged`) and :class:`AnyOf` to combine them;
+:class:`KeepWithin` and :class:`KeepWithinEvery` follow restic's ``--keep-within`` and ``--keep-within-hourly``
+(ages measured from the newest checkpoint's ``created_at``, never from the clock, so a plan stays pure and a run
+left alone for a month does not lose its recent history).
 :class:`RetentionPolicy` is the frozen, JSON-serialisable setting a run carries; it composes those blocks and adds
 the guarantees no setting can turn off. Whatever the policy says, a plan never removes:
 
@@ -27,14 +30,16 @@ checkpoint that has one: an unnumbered save never pushes a numbered one out of "
 from __future__ import annotations
 
 import abc
+import datetime as _dt
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ckptstore._core.info import CheckpointInfo, human_bytes
 from ckptstore._core.names import is_step_name
-from ckptstore.errors import PolicyError
+from ckptstore.errors import InvalidArgument, PolicyError
 
 __all__ = [
     "DEFAULT_PROTECTED_TAGS",
@@ -42,6 +47,8 @@ __all__ = [
     "BestN",
     "Decision",
     "EveryNSteps",
+    "KeepWithin",
+    "KeepWithinEvery",
     "LatestN",
     "OnPurpose",
     "Policy",
@@ -50,6 +57,7 @@ __all__ = [
     "Tagged",
     "latest_of",
     "made_on_purpose",
+    "parse_duration",
 ]
 
 #: Tags the store moves by itself on every save; pointing at a checkpoint says nothing about wanting to keep it.
@@ -152,6 +160,49 @@ def _last_phrase(n: int) -> str:
 
 def _best_phrase(n: int, metric: str) -> str:
     return f"the best by {metric}" if n == 1 else f"the best {n} by {metric}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# durations
+
+_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_WORDS = {"w": "week", "d": "day", "h": "hour", "m": "minute", "s": "second"}
+_DURATION_PART = re.compile(r"(\d+)([wdhms])")
+_DURATION_HINT = (
+    "Write a number and a unit: 30m, 2h, 7d, 1w (s seconds, m minutes, h hours, d days, w weeks), or several as "
+    "in 1d12h. Months and years vary in length: write them in days (30d, 365d)."
+)
+
+
+def parse_duration(text: object, *, what: str = "duration") -> int:
+    """``"30m"`` -> 1800, ``"2h"`` -> 7200, ``"7d"``, ``"1w"``, ``"1d12h"``: a positive duration, in seconds.
+
+    ``m`` is minutes, as in training schedules; restic reads it as months, which have no fixed length, so months
+    and years are refused with a hint to write days instead.
+    """
+    if not isinstance(text, str):
+        raise InvalidArgument(f"{what} must be a duration such as '7d', got {text!r}.", hint=_DURATION_HINT)
+    compact = text.strip().lower()
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise InvalidArgument(f"{what} {text!r} is not a duration.", hint=_DURATION_HINT)
+    seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise InvalidArgument(f"{what} {text!r} is zero: it would keep nothing.", hint=_DURATION_HINT)
+    return seconds
+
+
+def duration_words(seconds: float) -> str:
+    """1800 -> "30 minutes", 129600 -> "1 day 12 hours": how a duration reads in a plan."""
+    left = int(seconds)
+    words = []
+    for unit, size in _DURATION_UNITS.items():
+        if unit == "w":
+            continue  # "7 days" reads as written more often than "1 week" does
+        n, left = divmod(left, size)
+        if n:
+            words.append(f"{n} {_DURATION_WORDS[unit]}{'' if n == 1 else 's'}")
+    return " ".join(words) or "0 seconds"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -317,6 +368,95 @@ class OnPurpose(Policy):
         return "every checkpoint made on purpose (converted, or named outside the step pattern)"
 
 
+@dataclass(frozen=True)
+class KeepWithin(Policy):
+    """Keep every checkpoint made less than `duration` (``"7d"``) before the newest one: restic's ``--keep-within``.
+
+    Measured from the newest checkpoint's ``created_at``, as restic measures from the latest snapshot, not from
+    now: a run that stopped a month ago keeps its last week, and the same list always gives the same plan.
+    """
+
+    duration: str
+
+    def __post_init__(self) -> None:
+        parse_duration(self.duration, what="KeepWithin: duration")
+
+    @property
+    def seconds(self) -> int:
+        return parse_duration(self.duration)
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> dict[str, list[str]]:
+        if not checkpoints:
+            return {}
+        cutoff = max(c.created_at for c in checkpoints) - self.seconds
+        words = duration_words(self.seconds)
+        return {c.id: [f"made within {words} of the newest"] for c in checkpoints if c.created_at > cutoff}
+
+    def why_not(self, checkpoint: CheckpointInfo) -> str:
+        return f"made more than {duration_words(self.seconds)} before the newest"
+
+    def __str__(self) -> str:
+        return f"every checkpoint made within {duration_words(self.seconds)} of the newest"
+
+
+_PERIODS: dict[str, tuple[str, str]] = {
+    # period: (strftime of its bucket in UTC, how the bucket reads)
+    "hour": ("%Y-%m-%d %H:00", "hour"),
+    "day": ("%Y-%m-%d", "day"),
+    "week": ("%G-W%V", "week"),
+}
+
+
+@dataclass(frozen=True)
+class KeepWithinEvery(Policy):
+    """Of the checkpoints made less than `duration` before the newest, keep the newest of each `period` ("hour",
+    "day" or "week"): restic's ``--keep-within-hourly/-daily/-weekly``. Thins a dense history by age: with
+    ``KeepWithinEvery("2d", "hour")`` the last two days keep one checkpoint an hour.
+
+    Hours, days and (ISO) weeks are counted in UTC, so a plan does not depend on the machine's time zone.
+    """
+
+    duration: str
+    period: Literal["hour", "day", "week"] = "hour"
+
+    def __post_init__(self) -> None:
+        parse_duration(self.duration, what=f"KeepWithinEvery({self.period!r}): duration")
+        if self.period not in _PERIODS:
+            raise PolicyError(
+                f"KeepWithinEvery: period must be 'hour', 'day' or 'week', got {self.period!r}.",
+                hint="Use KeepWithinEvery('7d', 'day') to keep the newest checkpoint of each day of the last week.",
+            )
+
+    @property
+    def seconds(self) -> int:
+        return parse_duration(self.duration)
+
+    def bucket(self, checkpoint: CheckpointInfo) -> str:
+        when = _dt.datetime.fromtimestamp(checkpoint.created_at, tz=_dt.timezone.utc)
+        return when.strftime(_PERIODS[self.period][0])
+
+    def reasons(self, checkpoints: Sequence[CheckpointInfo]) -> dict[str, list[str]]:
+        if not checkpoints:
+            return {}
+        cutoff = max(c.created_at for c in checkpoints) - self.seconds
+        newest_of: dict[str, CheckpointInfo] = {}
+        for c in sorted(checkpoints, key=lambda c: (c.created_at, _order_key(c))):
+            if c.created_at > cutoff:
+                newest_of[self.bucket(c)] = c  # later ones overwrite: the newest of the bucket stays
+        words = duration_words(self.seconds)
+        return {
+            c.id: [f"the newest of its {self.period} ({bucket} UTC) within {words} of the newest"]
+            for bucket, c in newest_of.items()
+        }
+
+    def why_not(self, checkpoint: CheckpointInfo) -> str:
+        return (f"not the newest of its {self.period} within {duration_words(self.seconds)} of the newest, or "
+                "made before that")
+
+    def __str__(self) -> str:
+        return f"the newest checkpoint of each {self.period} within {duration_words(self.seconds)} of the newest"
+
+
 @dataclass(frozen=True, init=False)
 class AnyOf(Policy):
     """Keep what any of `policies` keeps, with every reason that applies."""
@@ -400,8 +540,13 @@ class RetentionPlan:
 
 
 _JSON_KEYS = ("keep_last", "keep_best", "metric", "mode", "keep_every", "max_bytes")
+# Written only when set: a ckptstore from before these rules refuses unknown keys (see from_json), and should go
+# on reading the policies that do not use them.
+_WITHIN_KEYS = ("keep_within", "keep_within_hourly", "keep_within_daily", "keep_within_weekly")
+_WITHIN_PERIODS = {"keep_within_hourly": "hour", "keep_within_daily": "day", "keep_within_weekly": "week"}
 
-_NOTHING_KEPT_HINT = "Set keep_last (e.g. keep_last=3), keep_best with a metric, keep_every or max_bytes."
+_NOTHING_KEPT_HINT = ("Set keep_last (e.g. keep_last=3), keep_best with a metric, keep_every, keep_within "
+                      "(e.g. keep_within='7d') or max_bytes.")
 
 
 @dataclass(frozen=True)
@@ -409,7 +554,9 @@ class RetentionPolicy:
     """A run's retention setting: the union of the rules that are set, plus guarantees no setting turns off.
 
     ``keep_last=3, keep_best=2, keep_every=1000`` keeps the last 3, the best 2 by ``metric`` and every step that
-    is a multiple of 1000. ``max_bytes`` then trims the oldest of those until the kept checkpoints fit, but never
+    is a multiple of 1000. ``keep_within="7d"`` keeps every checkpoint made within 7 days of the newest, and
+    ``keep_within_hourly="2d"`` (``_daily``, ``_weekly``) the newest of each hour of the 2 days before the newest,
+    as restic's options of the same names. ``max_bytes`` then trims the oldest of those until the kept checkpoints fit, but never
     a protected one (latest, best, user-tagged, in use); with ``max_bytes`` alone, the rules keep everything and
     the budget alone decides.
 
@@ -423,9 +570,16 @@ class RetentionPolicy:
     mode: Literal["min", "max"] | None = None  # None: as Trainer's greater_is_better, min for a *loss metric, else max
     keep_every: int | None = None
     max_bytes: int | None = None
+    keep_within: str | None = None
+    keep_within_hourly: str | None = None
+    keep_within_daily: str | None = None
+    keep_within_weekly: str | None = None
 
     def __post_init__(self) -> None:
         owner = "RetentionPolicy"
+        for key in _WITHIN_KEYS:
+            if getattr(self, key) is not None:
+                parse_duration(getattr(self, key), what=f"{owner}: {key}")
         if self.mode is None:
             object.__setattr__(self, "mode", default_mode(self.metric))
         if self.keep_last is not None:
@@ -442,9 +596,10 @@ class RetentionPolicy:
             # A metric is only needed when something is ranked by it; mode is checked always so that a typo
             # ("mim") fails when the policy is set, not months later when keep_best is added.
             _check_metric_and_mode(owner, self.metric, self.mode)
-        if not (self.keep_last or self.keep_best or self.keep_every or self.max_bytes):
+        if not (self.keep_last or self.keep_best or self.keep_every or self.max_bytes
+                or any(getattr(self, key) for key in _WITHIN_KEYS)):
             raise PolicyError(
-                f"RetentionPolicy(keep_last={self.keep_last!r}) with no keep_best, keep_every or max_bytes would "
+                f"RetentionPolicy(keep_last={self.keep_last!r}) with no keep_best, keep_every, keep_within or max_bytes would "
                 "delete every checkpoint except the latest and the tagged ones.",
                 hint=_NOTHING_KEPT_HINT,
             )
@@ -461,6 +616,11 @@ class RetentionPolicy:
             rules.append(BestN(self.keep_best, self.metric, self.mode))
         if self.keep_every:
             rules.append(EveryNSteps(self.keep_every))
+        if self.keep_within:
+            rules.append(KeepWithin(self.keep_within))
+        for key, period in _WITHIN_PERIODS.items():
+            if getattr(self, key):
+                rules.append(KeepWithinEvery(getattr(self, key), period))  # type: ignore[arg-type]
         return tuple(rules)
 
     def as_policy(self, protected_tags: Iterable[str] = DEFAULT_PROTECTED_TAGS) -> AnyOf:
@@ -481,8 +641,10 @@ class RetentionPolicy:
     # -- persistence -------------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        """Every key, always, in a fixed order, so a stored policy diffs cleanly."""
-        return {key: getattr(self, key) for key in _JSON_KEYS}
+        """Every key, always, in a fixed order, so a stored policy diffs cleanly (the keep-within keys when set)."""
+        data = {key: getattr(self, key) for key in _JSON_KEYS}
+        data.update({key: getattr(self, key) for key in _WITHIN_KEYS if getattr(self, key) is not None})
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RetentionPolicy:
@@ -496,13 +658,14 @@ class RetentionPolicy:
                 f"A stored retention policy must be a JSON object, got {type(data).__name__}.",
                 hint="Set the run's policy again with RetentionPolicy(...).",
             )
-        unknown = sorted(set(data) - set(_JSON_KEYS))
+        known = _JSON_KEYS + _WITHIN_KEYS
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise PolicyError(
                 f"Unknown key(s) in stored retention policy: {', '.join(map(repr, unknown))}.",
-                hint=f"Known keys are {', '.join(_JSON_KEYS)}; a newer ckptstore may have written it, so upgrade.",
+                hint=f"Known keys are {', '.join(known)}; a newer ckptstore may have written it, so upgrade.",
             )
-        return cls(**{key: data[key] for key in _JSON_KEYS if key in data})
+        return cls(**{key: data[key] for key in known if key in data})
 
     # -- planning ----------------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ import torch
 from . import rng as _rng
 from . import statetree as _statetree
 from .saver import AsyncSaver, Staging
+from .schedule import Clock, SaveSchedule
 from .._core.info import CheckpointInfo
 from .._core.names import check_run
 from .._core.trainer_log import MANAGER_STATE
@@ -174,6 +175,10 @@ class CheckpointManager:
     With `async_save`, `save` only copies the state to host memory; hashing and writing run in a background
     thread (one save in flight at a time; a failure is raised by the next `save` or `wait`). `policy` becomes the
     run's policy in the store; `gc` frees the blobs of pruned checkpoints after each save.
+
+    `save_every_steps` and `save_every_seconds` set a schedule for `maybe_save` (call it every step; it saves when
+    either is due, the time counted from the last save, restore or the manager's creation); `clock` (default
+    ``time.monotonic``) is what the time is read from.
     """
 
     def __init__(
@@ -186,7 +191,11 @@ class CheckpointManager:
         metric: str | None = None,
         mode: str | None = None,
         gc: bool = True,
+        save_every_steps: int | None = None,
+        save_every_seconds: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self.schedule = SaveSchedule(save_every_steps, save_every_seconds, clock)
         self.store = store if isinstance(store, Store) else Store.open(store, create=True)
         self.run = check_run(run)
         if policy is not None:
@@ -232,6 +241,7 @@ class CheckpointManager:
         finite, other = split_metrics(metrics)
         metadata = {"saved_by": "ckptstore.CheckpointManager", **({"nonfinite_metrics": other} if other else {})}
         files = training_files(step, optimizer, scheduler, extra, staging=self._staging)
+        self.schedule.saved()  # the state is captured: from here on, work is at risk again
         if self._saver is None or self._staging is None:
             info = save_after(self.store, model, name, self.run, self._parent, step=step, metrics=finite,
                               metadata=metadata, extra_files=files)
@@ -249,6 +259,33 @@ class CheckpointManager:
 
         self._saver.submit(job)
         return None
+
+    def should_save(self, step: int) -> bool:
+        """Whether the schedule (`save_every_steps`, `save_every_seconds`) has a save due at `step`."""
+        return self.schedule.due(step) is not None
+
+    def maybe_save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        metrics: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        extra: Any = None,
+    ) -> CheckpointInfo | None:
+        """`save` when the schedule has a save due at `step`; call it after every step. Returns the stored record
+        (None when nothing was due, or with async_save). `metrics` may be a function: it is only called (an eval
+        pass, say) when a save is made."""
+        if not self.schedule.enabled:
+            raise InvalidArgument(
+                "maybe_save needs a schedule, and this manager has none.",
+                hint="Create the manager with save_every_steps=500 and/or save_every_seconds=900.",
+            )
+        why = self.schedule.due(step)
+        if why is None:
+            return None
+        log.info("Saving %s: %s", self.name_for(step), why)
+        return self.save(step, model, optimizer, scheduler, metrics() if callable(metrics) else metrics, extra)
 
     def _after_save(self, store: Store, info: CheckpointInfo) -> None:
         if self.gc and store.get_policy(self.run) is not None:
@@ -329,6 +366,7 @@ class CheckpointManager:
                 _rng.restore(state["rng"], tensors)
         step = manifest.step if not state else state["step"]
         self._restored_step, self._parent = step, cid
+        self.schedule.saved()  # nothing trained since is at risk yet
         return step, extra
 
     def _training_state(self, manifest: Any, *, wants_optimizer: bool, wants_scheduler: bool) -> dict[str, Any]:

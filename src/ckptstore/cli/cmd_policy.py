@@ -6,7 +6,7 @@ from collections.abc import Callable
 import click
 
 from ..errors import CheckpointNotFound, InvalidArgument
-from ..policies import RetentionPolicy
+from ..policies import RetentionPolicy, parse_duration
 from ._app import command, err, json_option, open_store, out, print_json
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -33,18 +33,30 @@ def policy_options(f: Callable) -> Callable:
                      help="min: lower is better; max: higher (default, as Trainer: min for a metric ending in 'loss')."),
         click.option("--keep-every", type=int, metavar="S", help="Keep checkpoints whose step is a multiple of S."),
         click.option("--max-bytes", metavar="SIZE", help="Then remove the oldest unprotected until the rest fit."),
+        click.option("--keep-within", metavar="DURATION",
+                     help="Keep every checkpoint made within DURATION (30m, 2h, 7d, 1w) of the newest, as restic."),
+        click.option("--keep-within-hourly", metavar="DURATION",
+                     help="Keep the newest checkpoint of each hour (UTC) within DURATION of the newest."),
+        click.option("--keep-within-daily", metavar="DURATION",
+                     help="Keep the newest checkpoint of each day (UTC) within DURATION of the newest."),
+        click.option("--keep-within-weekly", metavar="DURATION",
+                     help="Keep the newest checkpoint of each ISO week (UTC) within DURATION of the newest."),
     ]):
         f = decorator(f)
     return f
 
 
-def policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_bytes) -> RetentionPolicy | None:
-    """The policy the options describe, or None when none of its rules is given."""
-    if all(v is None for v in (keep_last, keep_best, metric, mode, keep_every, max_bytes)):
+def policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_bytes, **within) -> RetentionPolicy | None:
+    """The policy the options describe, or None when none of its rules is given. `within`: the --keep-within*
+    options (keep_within, keep_within_hourly, ...), durations as written."""
+    if all(v is None for v in (keep_last, keep_best, metric, mode, keep_every, max_bytes, *within.values())):
         return None
+    for key, text in within.items():
+        if text is not None:
+            parse_duration(text, what=f"--{key.replace('_', '-')}")  # name the option, not the field, when it is bad
     return RetentionPolicy(
         keep_last=keep_last, keep_best=keep_best, metric=metric or "eval_loss", mode=mode,
-        keep_every=keep_every, max_bytes=parse_bytes(max_bytes),
+        keep_every=keep_every, max_bytes=parse_bytes(max_bytes), **within,
     )
 
 
@@ -69,7 +81,7 @@ def print_plan(result, *, dry_run: bool) -> None:
 @policy_options
 @click.option("--clear", is_flag=True, help="Remove the run's policy (nothing is deleted).")
 @json_option
-def policy(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, clear, as_json, store_path) -> None:
+def policy(run, clear, as_json, store_path, **rules) -> None:
     """Show or set RUN's retention policy. Every save of the run applies it, from any process, and 'ckpt prune RUN'
     applies it on demand. Setting a policy deletes nothing by itself; it prints what it would remove now.
 
@@ -82,11 +94,12 @@ def policy(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, clear
       ckpt policy bert-sst2
       ckpt policy bert-sst2 --keep-last 3 --keep-best 1 --metric eval_loss
       ckpt policy bert-sst2 --keep-every 1000 --max-bytes 50GB
+      ckpt policy bert-sst2 --keep-last 3 --keep-within 7d --keep-within-daily 30d
       ckpt policy bert-sst2 --clear
     Exit codes: 0 ok, 1 failure, 2 usage error (an invalid policy).
     """
     store = open_store(store_path)
-    new = policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_bytes)
+    new = policy_from_options(**rules)
     if clear and new is not None:
         raise click.UsageError("--clear takes no rule options.")
     if clear:

@@ -13,7 +13,7 @@ from .cmd_policy import policy_from_options, policy_options, print_plan
 @click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
 @click.option("--no-gc", is_flag=True, help="Remove the checkpoints but leave their blobs for a later 'ckpt gc'.")
 @json_option
-def prune(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, dry_run, no_gc, as_json, store_path) -> None:
+def prune(run, dry_run, no_gc, as_json, store_path, **rules) -> None:
     """Apply a retention policy to RUN: print every checkpoint as kept (and why) or deleted (and why), delete the
     others, then reclaim their blobs (gc).
 
@@ -26,10 +26,11 @@ def prune(run, keep_last, keep_best, metric, mode, keep_every, max_bytes, dry_ru
       ckpt prune bert-sst2 --dry-run
       ckpt prune bert-sst2 --keep-last 2 --keep-best 1 --metric eval_accuracy --mode max
       ckpt prune bert-sst2 --keep-every 1000 --json
+      ckpt prune bert-sst2 --keep-last 2 --keep-within 2h --dry-run
     Exit codes: 0 ok, 1 failure (unknown run), 2 usage error (no policy given or set, an invalid one).
     """
     store = open_store(store_path)
-    policy = policy_from_options(keep_last, keep_best, metric, mode, keep_every, max_bytes)
+    policy = policy_from_options(**rules)
     result = store.prune(run, policy, dry_run=dry_run)
     gc_plan = None
     if not dry_run and not no_gc and result.plan.remove:

@@ -9,6 +9,9 @@ that step; the run's ``latest`` and ``best`` tags move (``best`` honours ``metri
 ``greater_is_better``); the run's policy is applied; and local ``checkpoint-*`` folders beyond the newest
 `keep_local` are removed once stored, so the disk holds one working copy instead of ``save_total_limit`` copies.
 
+With ``save_every_minutes``, Trainer also saves whenever that much training time has passed since the last save,
+beside its own ``save_steps``, so a preempted run never loses more than that.
+
 To resume: ``ckpt checkout RUN:latest DIR`` (or :func:`checkout`), then ``trainer.train(resume_from_checkpoint=DIR)``.
 """
 
@@ -27,6 +30,7 @@ from .._core.names import check_run
 from .._core.trainer_log import CHECKPOINT_DIR, metrics_at_step
 from .._training.manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
 from .._training.saver import AsyncSaver
+from .._training.schedule import Clock, SaveSchedule
 from ..errors import InvalidArgument, SourceNotFound
 from ..policies import RetentionPolicy
 from ..store import Store
@@ -45,7 +49,9 @@ class CheckpointCallback(TrainerCallback):
     `policy` becomes the run's retention policy in the store (shared with the CLI and other processes).
     `keep_local` local ``checkpoint-*`` folders are kept (None: leave them all to Trainer). With `async_save`,
     the folder is hard-linked into a staging folder and stored by a background thread while training goes on.
-    `gc` frees the blobs of checkpoints the policy removed.
+    `gc` frees the blobs of checkpoints the policy removed. `save_every_minutes` makes Trainer save whenever that
+    much time has passed since its last save (or the start of training), whatever ``save_steps`` says; `clock`
+    (default ``time.monotonic``, in seconds) is what the time is read from.
     """
 
     def __init__(
@@ -57,7 +63,13 @@ class CheckpointCallback(TrainerCallback):
         async_save: bool = False,
         *,
         gc: bool = True,
+        save_every_minutes: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self._schedule = SaveSchedule(
+            None, save_every_minutes * 60 if _is_number(save_every_minutes) else save_every_minutes, clock,
+            names=("save_every_steps", "save_every_minutes"),
+        )
         if keep_local is not None and (isinstance(keep_local, bool) or not isinstance(keep_local, int) or keep_local < 0):
             raise InvalidArgument(
                 f"keep_local must be a whole number >= 0 or None, got {keep_local!r}.",
@@ -78,6 +90,7 @@ class CheckpointCallback(TrainerCallback):
 
     # -- Trainer events ----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        self._schedule.saved()  # the interval counts training time, not model loading before train()
         if state.global_step and self.last_saved is None:
             # Resumed: lineage goes on from the stored checkpoint of that step (the newest, if tried more than once).
             here = [c for c in self.store.list(self.run) if c.step == state.global_step]
@@ -88,7 +101,16 @@ class CheckpointCallback(TrainerCallback):
             metric = metric if metric.startswith("eval_") else f"eval_{metric}"
             self.store.register_run(self.run, metric=metric, mode="max" if args.greater_is_better else "min")
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._schedule.every_seconds is None or control.should_save:
+            return
+        why = self._schedule.due(state.global_step)
+        if _agreed(why is not None, args):
+            log.info("Saving at step %d: %s", state.global_step, why or "the main process's interval passed")
+            control.should_save = True
+
     def on_save(self, args, state, control, **kwargs):
+        self._schedule.saved()  # every save restarts the interval, one made for save_steps included
         if not args.should_save:
             return
         self.wait()
@@ -191,6 +213,24 @@ def checkout(store: Store | str | os.PathLike[str], ref: str, dest: str | os.Pat
     accepts (see Store.checkout)."""
     store = store if isinstance(store, Store) else Store.open(store)
     return store.checkout(ref, dest, **kwargs)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _agreed(due: bool, args: Any) -> bool:
+    """`due` as the main process decided it. Every process must take part in a Trainer save (FSDP and DeepSpeed
+    gather the state), and their clocks differ by a little: deciding apart, one could save while another trains
+    on, and both would wait forever. Lightning broadcasts its train_time_interval decision the same way."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return due
+    flag = torch.tensor([1 if due else 0], device=args.device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _step_of(folder: Path) -> int:
