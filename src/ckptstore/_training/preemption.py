@@ -35,7 +35,8 @@ class SignalWatch:
         self.signals = signals
         self.signum: int | None = None  # the first signal received
         self.count = 0
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[int, Any] = {}  # the handlers to put back, while installed
+        self._chained: dict[int, Any] = {}  # the handlers the process had, for exit() (kept after uninstall)
 
     @property
     def installed(self) -> bool:
@@ -49,7 +50,7 @@ class SignalWatch:
             if previous == signal.SIG_IGN:
                 continue
             signal.signal(sig, self._handle)
-            self._previous[sig] = previous
+            self._previous[sig] = self._chained[sig] = previous
         return self
 
     def uninstall(self) -> None:
@@ -75,7 +76,7 @@ class SignalWatch:
         signum = self.signum
         if signum is None:
             return
-        previous = self._previous.get(signum)
+        previous = self._chained.get(signum)
         self.uninstall()
         if callable(previous) and previous not in (signal.default_int_handler,):
             previous(signum, None)
