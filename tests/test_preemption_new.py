@@ -39,10 +39,10 @@ def preemptible_loop(store_path: str, run: str, out: str, *, async_save: bool = 
     seed_all(seed)
     model, optimizer, scheduler = make_training(seed=seed)
     manager = CheckpointManager(store_path, run, async_save=async_save)
-    step, extra = manager.restore(model, optimizer, scheduler)
+    restored, extra = manager.restore(model, optimizer, scheduler)
     losses = extra["losses"] if extra else []
-    print(f"start {step or 0}", flush=True)
-    for step in range((step or 0) + 1, TOTAL_STEPS + 1):
+    print(f"start {restored or 0}", flush=True)
+    for step in range((restored or 0) + 1, TOTAL_STEPS + 1):
         losses = losses + train(model, optimizer, scheduler, [step])
         manager.step_boundary(step, model, optimizer, scheduler, extra={"losses": losses})
         print(f"step {step}", flush=True)

@@ -14,7 +14,7 @@ from .._core.info import ResumePoint
 from .._core.names import split_tag_ref
 from .._core.trainer_log import MANAGER_STATE, TRAINER_STATE
 from .._repo import leases
-from ..errors import CheckpointNotFound, CkptError, CorruptObject, IncompleteCheckpoint
+from ..errors import CheckpointNotFound, CkptError, CorruptObject, IncompleteCheckpoint, InvalidArgument
 from .load import export
 from .verify import verify
 
@@ -107,7 +107,8 @@ def resume_point(
     passed over and named in `skipped`. None when the run has nothing to resume from (a fresh run); every
     candidate damaged: CorruptObject naming them. `newest`: start at this checkpoint (what RUN:latest names)."""
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InvalidArgument(f"kind must be one of {', '.join(KINDS)} or None, got {kind!r}.",
+                              hint="kind='trainer' for Trainer folders, 'manager' for CheckpointManager checkpoints.")
     with repo.commit_lock():
         repo.sync()  # what other processes saved since: a restarted job looks with fresh eyes
     ids = candidates(repo, run)
