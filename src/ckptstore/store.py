@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._backend.protocols import Backend
-from ._core.info import CheckpointInfo, DiskUsage, SaveReport
+from ._core.info import CheckpointInfo, DiskUsage, ResumePoint, SaveReport
 from ._format.manifest import Manifest
 from ._ops import delete as _delete, names as _names, retention as _retention, save as _save, usage as _usage
 from ._ops import gc as _gc, load as _load, verify as _verify
@@ -230,9 +230,24 @@ class Store:
         _load.export(self._repo.blobs, self.manifest(ref), Path(dest), verify=verify, on_progress=on_progress)
         return Path(dest)
 
-    def checkout(self, ref: str, dest: str | os.PathLike[str], *, verify: bool = False, on_progress=None) -> Path:
-        """`export` for resuming training; refuses a checkpoint without optimizer and training state."""
-        return _checkout.checkout(self._repo, ref, dest, verify=verify, on_progress=on_progress)
+    def checkout(self, ref: str, dest: str | os.PathLike[str], *, verify: bool = False, fallback: bool = False,
+                 on_progress=None) -> Path:
+        """`export` for resuming training; refuses a checkpoint without optimizer and training state. With
+        `fallback` and ``RUN:latest``, a damaged newest checkpoint gives way to the newest one that verifies
+        (`checkout_point` says which was written)."""
+        return self.checkout_point(ref, dest, verify=verify, fallback=fallback, on_progress=on_progress).path
+
+    def checkout_point(self, ref: str, dest: str | os.PathLike[str], *, verify: bool = False,
+                       fallback: bool = False, on_progress=None) -> ResumePoint:
+        """`checkout`, returning which checkpoint was written and which damaged newer ones it passed over."""
+        return _checkout.checkout(self._repo, ref, dest, verify=verify, fallback=fallback, on_progress=on_progress)
+
+    def resume_point(self, run: str, dest: str | os.PathLike[str] | None = None, *, kind: str | None = None,
+                     verify: bool = True, on_progress=None) -> ResumePoint | None:
+        """The newest checkpoint of `run` a training can resume from ('trainer' or 'manager' `kind`, when given)
+        that verifies, checked out to `dest` when given; damaged newer ones are passed over (`.skipped`). None
+        for a run with nothing to resume from; CorruptObject when every candidate is damaged."""
+        return _checkout.resume_point(self._repo, run, dest, verify=verify, kind=kind, on_progress=on_progress)
 
     @contextlib.contextmanager
     def hold(self, ref: str) -> Iterator[str]:

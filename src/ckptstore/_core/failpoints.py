@@ -9,7 +9,8 @@ Set ``CKPT_FAILPOINT`` to a comma-separated list of ``NAME:ACTION[@N]``:
 - ``NAME`` a failpoint name (list below); a trailing ``*`` matches every name with that prefix, so ``*`` alone
   matches every failpoint.
 - ``ACTION`` ``kill`` (SIGKILL the process: a crash), ``stop`` (SIGSTOP the process: a writer paused by the
-  scheduler, a debugger or a frozen container), ``raise`` (RuntimeError), ``eio`` or ``enospc`` (OSError with
+  scheduler, a debugger or a frozen container), ``term`` (SIGTERM to the process: a scheduler's preemption notice
+  arriving at that point, handled by whatever handler the process has), ``raise`` (RuntimeError), ``eio`` or ``enospc`` (OSError with
   that errno, as a failing disk or a full one gives), ``trace`` (nothing: only count, see :func:`seen`).
 - ``@N`` act at the N-th hit of that item (default 1). Hits are counted per item, so ``*:eio@7`` fails the 7th
   I/O step of the process whatever its name, which is how a test walks "an error at write N for N = 1, 2, ...".
@@ -60,7 +61,7 @@ import signal
 import threading
 
 ENV = "CKPT_FAILPOINT"
-ACTIONS = ("kill", "stop", "raise", "eio", "enospc", "trace")
+ACTIONS = ("kill", "stop", "term", "raise", "eio", "enospc", "trace")
 
 _spec: dict[str, tuple[str, int]] | None = None
 _hits: dict[str, int] = {}  # per spec item
@@ -123,6 +124,9 @@ def failpoint(name: str) -> None:
         # Sent to itself, it is handled on the way out of the system call, before another line runs here.
         signal.pthread_kill(threading.get_ident(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
         return  # after a stop, resumed by SIGCONT: carry on as if nothing happened
+    if action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     if action == "raise":
         raise RuntimeError(f"failpoint {name} hit")
     code = errno.EIO if action == "eio" else errno.ENOSPC

@@ -158,3 +158,24 @@ class DiskUsage:
                 for r in self.runs
             ],
         }
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """`Store.resume_point`: the newest checkpoint of a run that a training can resume from and that verified,
+    where it was checked out (if it was), and the newer ones passed over because they are damaged, with why."""
+
+    info: CheckpointInfo
+    path: Any = None  # the folder it was checked out to, or None
+    skipped: tuple[tuple[str, str], ...] = ()  # (name, what is wrong), newest first
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.skipped)
+
+    def describe(self) -> str:
+        """One line for a log: which checkpoint, and which damaged ones it replaces."""
+        if not self.skipped:
+            return f"Resuming from {self.info.name!r}."
+        passed = "; ".join(f"{name!r} is damaged ({why})" for name, why in self.skipped)
+        return f"{passed}: resuming from {self.info.name!r}, the newest checkpoint that verifies."

@@ -24,9 +24,10 @@ import torch
 
 from . import rng as _rng
 from . import statetree as _statetree
+from .preemption import SignalWatch
 from .saver import AsyncSaver, Staging
 from .schedule import Clock, SaveSchedule
-from .._core.info import CheckpointInfo
+from .._core.info import CheckpointInfo, ResumePoint
 from .._core.names import check_run
 from .._core.trainer_log import MANAGER_STATE
 from ..errors import (CheckpointNotFound, CkptError, IncompleteCheckpoint, InvalidArgument, NameExists,
@@ -179,6 +180,9 @@ class CheckpointManager:
     `save_every_steps` and `save_every_seconds` set a schedule for `maybe_save` (call it every step; it saves when
     either is due, the time counted from the last save, restore or the manager's creation); `clock` (default
     ``time.monotonic``) is what the time is read from.
+
+    With `save_on_signal` (the default), the first `step_boundary` call installs handlers for SIGTERM and SIGUSR1;
+    after one arrives, the next `step_boundary` saves the step, waits for the commit and exits (see preemption.py).
     """
 
     def __init__(
@@ -194,6 +198,7 @@ class CheckpointManager:
         save_every_steps: int | None = None,
         save_every_seconds: float | None = None,
         clock: Clock | None = None,
+        save_on_signal: bool = True,
     ) -> None:
         self.schedule = SaveSchedule(save_every_steps, save_every_seconds, clock)
         self.store = store if isinstance(store, Store) else Store.open(store, create=True)
@@ -201,6 +206,9 @@ class CheckpointManager:
         if policy is not None:
             self.store.set_policy(self.run, policy)
         self.store.register_run(self.run, metric=metric, mode=mode or default_mode(metric))
+        self._signals = SignalWatch() if save_on_signal else None
+        self._saved_step: int | None = None  # the step of the last save asked of this manager
+        self.resumed_from: ResumePoint | None = None  # what restore() picked, and the damaged ones it passed over
         self.gc = gc
         self._saver = AsyncSaver(self.store, f"ckptstore-save {self.run}") if async_save else None
         self._staging = Staging() if async_save else None
@@ -242,6 +250,7 @@ class CheckpointManager:
         metadata = {"saved_by": "ckptstore.CheckpointManager", **({"nonfinite_metrics": other} if other else {})}
         files = training_files(step, optimizer, scheduler, extra, staging=self._staging)
         self.schedule.saved()  # the state is captured: from here on, work is at risk again
+        self._saved_step = step
         if self._saver is None or self._staging is None:
             info = save_after(self.store, model, name, self.run, self._parent, step=step, metrics=finite,
                               metadata=metadata, extra_files=files)
@@ -298,9 +307,43 @@ class CheckpointManager:
         return self._saver.wait()
 
     def close(self) -> None:
-        """Wait for the save in flight; the manager can still be used afterwards."""
-        if self._saver is not None:
-            self._saver.close()
+        """Wait for the save in flight and put back the signal handlers; the manager can still be used afterwards."""
+        try:
+            if self._saver is not None:
+                self._saver.close()
+        finally:
+            if self._signals is not None:
+                self._signals.uninstall()
+
+    # -- preemption ------------------------------------------------------------------------------------------------
+    @property
+    def preempted(self) -> int | None:
+        """The signal (SIGTERM, SIGUSR1) received since the first `step_boundary`, or None."""
+        return self._signals.signum if self._signals is not None else None
+
+    def step_boundary(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        extra: Any = None,
+    ) -> None:
+        """Call at the end of every step with the state as it is now. Does nothing, unless SIGTERM or SIGUSR1 came:
+        then saves `step` (unless this manager just saved it), waits until it is committed, and exits with
+        128 + the signal number (after calling the handler the process had before)."""
+        if self._signals is None:
+            return
+        if not self._signals.installed:
+            self._signals.install()
+        if self._signals.signum is None:
+            return
+        if self._saved_step != step:
+            self.save(step, model, optimizer, scheduler, metrics=metrics, extra=extra)
+        self.close()  # waits for the commit (an async save too); its error, if any, propagates instead of exiting
+        log.warning("Checkpoint of step %d committed after signal %d; exiting", step, self._signals.signum)
+        self._signals.exit()
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -337,13 +380,28 @@ class CheckpointManager:
         model: torch.nn.Module,
         optimizer: Any = None,
         scheduler: Any = None,
-        ref: str = "latest",
+        ref: str | None = None,
         *,
         restore_rng: bool = True,
     ) -> tuple[int | None, Any]:
         """Load the checkpoint `ref` ("latest", "best", "step-N", a name or an id) into `model`, `optimizer` and
-        `scheduler`, restore the RNG states, and return (step, extra). The checkpoint cannot be pruned meanwhile."""
+        `scheduler`, restore the RNG states, and return (step, extra). The checkpoint cannot be pruned meanwhile.
+
+        Without `ref`: the newest checkpoint of the run whose blobs all verify (re-hashed first); newer damaged
+        ones are passed over with a warning (`resumed_from` names them). A run with no checkpoint: (None, None),
+        so a restarted job needs no path; every checkpoint damaged: CorruptObject."""
         self.wait()
+        if ref is None:
+            point = self.store.resume_point(self.run, kind="manager")
+            if point is None:
+                if self.latest() is None:
+                    return None, None
+                ref = "latest"  # checkpoints not saved by a manager: restore says what they lack
+            else:
+                self.resumed_from = point
+                if point.fell_back:
+                    log.warning("%s", point.describe())
+                ref = point.info.id
         with self.store.hold(self._resolve(ref)) as cid:
             manifest = self.store.manifest(cid)
             state = self._training_state(manifest, wants_optimizer=optimizer is not None,

@@ -12,7 +12,12 @@ that step; the run's ``latest`` and ``best`` tags move (``best`` honours ``metri
 With ``save_every_minutes``, Trainer also saves whenever that much training time has passed since the last save,
 beside its own ``save_steps``, so a preempted run never loses more than that.
 
-To resume: ``ckpt checkout RUN:latest DIR`` (or :func:`checkout`), then ``trainer.train(resume_from_checkpoint=DIR)``.
+To resume with no path: ``trainer.train(resume_from_checkpoint=callback.resume_dir())`` checks out the newest
+Trainer checkpoint of the run that verifies (None for a fresh run). Or ``ckpt checkout RUN:latest DIR --verify``
+(or :func:`checkout`), then ``trainer.train(resume_from_checkpoint=DIR)``.
+
+With `save_on_signal` (the default), SIGTERM or SIGUSR1 during training makes Trainer save at the end of the step,
+stop, and the process exit with 128 + the signal number once the checkpoint is committed (see _training/preemption).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .._core.info import CheckpointInfo
+from .._core.info import CheckpointInfo, ResumePoint
 from .._core.names import check_run
 from .._core.trainer_log import CHECKPOINT_DIR, metrics_at_step
 from .._training.manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
+from .._training.preemption import SignalWatch
 from .._training.saver import AsyncSaver
 from .._training.schedule import Clock, SaveSchedule
 from ..errors import InvalidArgument, SourceNotFound
@@ -65,6 +71,7 @@ class CheckpointCallback(TrainerCallback):
         gc: bool = True,
         save_every_minutes: float | None = None,
         clock: Clock | None = None,
+        save_on_signal: bool = True,
     ) -> None:
         self._schedule = SaveSchedule(
             None, save_every_minutes * 60 if _is_number(save_every_minutes) else save_every_minutes, clock,
@@ -87,10 +94,45 @@ class CheckpointCallback(TrainerCallback):
         self._pending: Path | None = None  # the folder an async save is storing
         self.last_saved: CheckpointInfo | None = None
         self._resumed_from: str | None = None  # the stored checkpoint Trainer resumed from, if it did
+        self._signals = SignalWatch() if save_on_signal else None
+        self._output_dir: str | None = None  # Trainer's, known once the Trainer is built (on_init_end)
+        self.resumed_from: ResumePoint | None = None  # what resume_dir() picked, and the damaged ones it passed over
+
+    # -- resuming ---------------------------------------------------------------------------------------------------
+    def resume_dir(self, output_dir: str | os.PathLike[str] | None = None) -> str | None:
+        """Check out the newest Trainer checkpoint of the run whose blobs all verify into ``OUTPUT_DIR/checkpoint-N``
+        and return that folder, for ``trainer.train(resume_from_checkpoint=callback.resume_dir())``; None when the
+        run has no checkpoint yet (a fresh run). Newer damaged checkpoints are passed over with a warning; every
+        one damaged: CorruptObject. `output_dir` defaults to that of the Trainer this callback was given to."""
+        output_dir = output_dir if output_dir is not None else self._output_dir
+        if output_dir is None:
+            raise InvalidArgument(
+                "resume_dir() does not know the output folder yet.",
+                hint="Call it after building the Trainer with this callback, or pass output_dir.",
+            )
+        stage = Path(output_dir) / ".ckptstore-resume"
+        shutil.rmtree(stage, ignore_errors=True)
+        point = self.store.resume_point(self.run, stage, kind="trainer")
+        if point is None:
+            return None
+        self.resumed_from = point
+        if point.fell_back:
+            log.warning("%s", point.describe())
+        # A local folder of that step may be the half-written one a crash left; the verified copy replaces it.
+        folder = Path(output_dir) / f"checkpoint-{point.info.step}"
+        shutil.rmtree(folder, ignore_errors=True)
+        stage.rename(folder)
+        return str(folder)
 
     # -- Trainer events ----------------------------------------------------------------------------------------
+    def on_init_end(self, args, state, control, **kwargs):
+        self._output_dir = args.output_dir
+
     def on_train_begin(self, args, state, control, **kwargs):
         self._schedule.saved()  # the interval counts training time, not model loading before train()
+        self._output_dir = args.output_dir
+        if self._signals is not None:
+            self._signals.install()
         if state.global_step and self.last_saved is None:
             # Resumed: lineage goes on from the stored checkpoint of that step (the newest, if tried more than once).
             here = [c for c in self.store.list(self.run) if c.step == state.global_step]
@@ -102,6 +144,10 @@ class CheckpointCallback(TrainerCallback):
             self.store.register_run(self.run, metric=metric, mode="max" if args.greater_is_better else "min")
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self._signals is not None and self._signals.signum is not None:
+            control.should_save = True  # Trainer saves this step, on_save stores it, then the loop stops
+            control.should_training_stop = True
+            return
         if self._schedule.every_seconds is None or control.should_save:
             return
         why = self._schedule.due(state.global_step)
@@ -147,10 +193,18 @@ class CheckpointCallback(TrainerCallback):
         self._cleanup_local(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._saver is not None:
-            self._saver.close()  # waits for the save in flight
-        if args.should_save:
-            self._cleanup_local(args, state)
+        try:
+            if self._saver is not None:
+                self._saver.close()  # waits for the save in flight
+            if args.should_save:
+                self._cleanup_local(args, state)
+        finally:
+            if self._signals is not None and self._signals.signum is None:
+                self._signals.uninstall()
+        if self._signals is not None and self._signals.signum is not None:
+            log.warning("Checkpoint of step %d committed after signal %d; exiting", state.global_step,
+                        self._signals.signum)
+            self._signals.exit()
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _bring_back_best(self, args, state) -> None:
