@@ -432,3 +432,34 @@ class RunningHub:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+# -- fixtures (imported by the test modules that use them) --------------------------------------------------------
+import pytest  # noqa: E402
+
+TOKEN = "hf_testtoken_5f3a9c0e1d"
+# huggingface_hub 2.4's LFS upload (_upload_single_part) passes data= to httpx2, which deprecates it: not ours.
+UPLOAD_WARNING = "ignore:Use 'content=<...>' to upload raw bytes/text content.:DeprecationWarning"
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A Hub-compatible server on 127.0.0.1 keeping what is pushed under tmp_path/hub-server."""
+    with RunningHub(tmp_path / "hub-server", {TOKEN}) as server:
+        yield server
+
+
+@pytest.fixture
+def online(hub, tmp_path, monkeypatch):
+    """This process talks to `hub` as huggingface_hub would to the real Hub: HF_ENDPOINT, a token in HF_TOKEN,
+    a hub cache of the test's own, offline mode off (huggingface_hub read HF_HUB_OFFLINE when it was imported, so
+    its constant is set too), and no Xet (the test server speaks the LFS protocol)."""
+    from huggingface_hub import constants
+
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+           "HF_HUB_DISABLE_XET": "1", "HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    return env

@@ -193,7 +193,9 @@ def _body(info: CheckpointInfo, manifest: "Manifest", chain: list[CheckpointInfo
             try:
                 from transformers.modelcard import make_markdown_table, parse_log_history
 
-                _, table, _ = parse_log_history(history)
+                # It tabulates only up to the end-of-training entry (train_runtime), which a checkpoint saved
+                # mid-run has not logged yet: one is appended so every evaluation so far is a row.
+                _, table, _ = parse_log_history([*history, {"train_runtime": 0.0}])
                 if table:
                     lines += ["### Training results", "", make_markdown_table(table), ""]
             except Exception:  # noqa: BLE001 - a log history transformers cannot tabulate leaves the table out
