@@ -128,9 +128,11 @@ def hub_errors(repo_id: str, token: str | None, *, revision: str | None = None, 
         raise HubError(f"Cannot reach the Hub for {repo_id!r}: HF_HUB_OFFLINE is set.",
                        hint="Unset HF_HUB_OFFLINE (or set it to 0) to push or pull over the network.") from None
     except LocalEntryNotFoundError:
+        cached = _cached_ref_names(repo_id)
+        has = f" It has {repo_id} at {', '.join(cached)}." if cached else ""
         raise HubError(
             f"{repo_id}@{revision or 'main'} is not in the local hub cache ({default_hf_cache()}) and the Hub was not"
-            " asked (offline).",
+            f" asked (offline).{has}",
             hint="Pull it once online (unset HF_HUB_OFFLINE), or point HF_HUB_CACHE at a cache that has it.",
         ) from None
     except HfHubHTTPError as exc:
@@ -141,6 +143,12 @@ def hub_errors(repo_id: str, token: str | None, *, revision: str | None = None, 
         raise HubError(f"The Hub at {where} failed for {repo_id!r} (HTTP {status}): {detail}") from None
     except _transport_errors() as exc:
         raise HubError(f"Cannot reach the Hub at {where}: {_scrub(str(exc) or type(exc).__name__, token)}") from None
+
+
+def _cached_ref_names(repo_id: str) -> list[str]:
+    """The refs the local hub cache holds for `repo_id` (main, v1, ...), as huggingface_hub lays them out."""
+    refs = default_hf_cache() / f"models--{repo_id.replace('/', '--')}" / "refs"
+    return sorted(p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
 
 
 def _ref_names(api: Any, repo_id: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from rich.markup import escape
 
 from ._app import command, err, fmt_bytes, json_option, open_store, print_json
 from .cmd_import import _Bars
+from .cmd_push import hub_output
 
 
 @command("pull")
@@ -27,7 +28,8 @@ def pull(spec, name, as_json, store_path) -> None:
     Exit codes: 0 ok, 1 failure (no such repository or revision, unreachable), 2 usage error.
     """
     store = open_store(store_path, create=True)
-    result = store.pull(spec, name=name, progress=_Bars())
+    with hub_output():
+        result = store.pull(spec, name=name, progress=_Bars())
     if as_json:
         print_json(result.to_json())
         return

@@ -1,9 +1,30 @@
 from __future__ import annotations
 
+import contextlib
+
 import click
 from rich.markup import escape
 
 from ._app import command, err, json_option, open_store, print_json
+
+
+@contextlib.contextmanager
+def hub_output():
+    """huggingface_hub's log lines ("No files have been modified since last commit...") are about its steps, and
+    the command prints its own summary: keep only its errors. Its progress bars show on a terminal only."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
+
+    level, bars_off = hub_logging.get_verbosity(), are_progress_bars_disabled()
+    hub_logging.set_verbosity_error()
+    if not err.is_terminal:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(level)
+        if not bars_off:
+            enable_progress_bars()
 
 
 @command("push")
@@ -30,7 +51,8 @@ def push(ref, repo_id, revision, private, tag, message, as_json, store_path) -> 
     Exit codes: 0 ok, 1 failure (no token, refused, unreachable), 2 usage error.
     """
     store = open_store(store_path)
-    result = store.push(ref, repo_id, revision=revision, private=private, tag=tag, message=message)
+    with hub_output():
+        result = store.push(ref, repo_id, revision=revision, private=private, tag=tag, message=message)
     if as_json:
         print_json(result.to_json())
         return
