@@ -101,7 +101,10 @@ def test_push_to_a_branch_with_a_tag_replaces_what_the_branch_held_and_pull_brin
     assert back == hub.files("ana/sst2", "v2.0")
     info = store.info(pulled["name"])
     assert info.metadata["import"]["repo_id"] == "ana/sst2" and info.metadata["import"]["revision"] == result.commit
-    assert ModelCard(str(store.model_card(pulled["name"]))).data.pipeline_tag == "text-classification"
+    card = ModelCard(str(store.model_card(pulled["name"])))
+    assert card.data.pipeline_tag == "text-classification"
+    # The pulled snapshot has no metrics of its own in the store: its card keeps those its README carried.
+    assert {e.metric_name: e.metric_value for e in card.data.eval_results} == saved.metrics
 
     again = ckpt("pull", "ana/sst2@v2")
     assert again.code == 0 and "is already stored as" in again.err

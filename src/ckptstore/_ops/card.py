@@ -138,18 +138,18 @@ def trainer_state(repo: "Repository", manifest: "Manifest") -> dict[str, Any] | 
     return state if isinstance(state, dict) else None
 
 
-def _own_card_data(repo: "Repository", manifest: "Manifest") -> dict[str, Any]:
-    """The metadata of the README.md a Hub snapshot came with (license, datasets, language, base model...)."""
+def _own_card_data(repo: "Repository", manifest: "Manifest") -> Any:
+    """The metadata of the README.md a Hub snapshot came with (license, datasets, language, base model, eval
+    results), as a ModelCardData; None without one."""
     from huggingface_hub import ModelCard
 
     entry = manifest.file("README.md")
     if entry is None or entry.size > (1 << 20):
-        return {}
+        return None
     try:
-        return ModelCard(_load.read_file_bytes(repo.blobs, entry).decode("utf-8"), ignore_metadata_errors=True) \
-            .data.to_dict()
+        return ModelCard(_load.read_file_bytes(repo.blobs, entry).decode("utf-8"), ignore_metadata_errors=True).data
     except Exception:  # noqa: BLE001 - a card that does not parse is simply not reused
-        return {}
+        return None
 
 
 def _value(v: Any) -> str:
@@ -234,7 +234,8 @@ def model_card(repo: "Repository", ref: str) -> "ModelCard":
     chain = lineage(repo, cid)
     hyper = info.metadata.get("hyperparameters")
     hyper = dict(hyper) if isinstance(hyper, dict) else {}
-    own = _own_card_data(repo, manifest) if hub_source(info) else {}
+    own_data = _own_card_data(repo, manifest) if hub_source(info) else None
+    own = own_data.to_dict() if own_data is not None else {}
     base = base_model(chain) or _hub_id(own.get("base_model"))
     task = pipeline_tag(list(manifest.model.get("architectures") or [])) or own.get("pipeline_tag")
     state = trainer_state(repo, manifest)
@@ -248,7 +249,8 @@ def model_card(repo: "Repository", ref: str) -> "ModelCard":
         tags.append("generated_from_trainer")
     data = ModelCardData(
         base_model=base, library_name="transformers", pipeline_tag=task, tags=tags, model_name=info.name,
-        eval_results=eval_results(info, task, hyper) or None,
+        # A Hub snapshot's own results describe it as well as stored metrics would; stored ones win.
+        eval_results=eval_results(info, task, hyper) or (own_data.eval_results if own_data is not None else None),
         license=own.get("license"), datasets=own.get("datasets"), language=own.get("language"),
         ckptstore={"checkpoint": info.id, "name": info.name, **({"step": info.step} if info.step is not None else {})},
     )
