@@ -56,6 +56,7 @@ class HubServer:
         self.url = ""
         self.lock = threading.Lock()
         self.stall_uploads = False
+        self.fail_uploads: int | None = None  # an HTTP status every LFS upload answers with
         self.upload_started = threading.Event()
         self._released = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
@@ -272,6 +273,8 @@ class HubServer:
 
     async def lfs_upload(self, request: Request) -> Response:
         oid = request.path_params["oid"]
+        if self.fail_uploads:
+            return _error(self.fail_uploads, "upload refused by the test")
         tmp = self.root / "tmp" / f"{oid}.{time.time_ns()}"
         digest = hashlib.sha256()
         try:

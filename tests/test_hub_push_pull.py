@@ -200,3 +200,14 @@ def test_a_push_killed_mid_upload_records_nothing_and_a_rerun_completes(store, s
     assert {p: hub.files("ana/sst2")[p] for p in local} == local
     assert store.info("sst2/step-10").metadata["hub"]["ana/sst2@main"]["commit"] == result.commit
 
+
+
+def test_an_upload_the_hub_refuses_is_one_line_and_records_nothing(store, saved, ckpt, hub, online):
+    hub.fail_uploads = 403
+    error, hint = one_line_error(ckpt("push", "sst2/step-10", "ana/sst2"))
+    assert error.startswith("error: Error while uploading 'model.safetensors' to the Hub. The Hub at")
+    assert "(HTTP 403): upload refused by the test" in error
+    assert "run the command again" in hint
+    assert "hub" not in store.info("sst2/step-10").metadata
+    assert set(hub.files("ana/sst2")) == {".gitattributes"}
+    assert not [line for line in ckpt("show", "sst2/step-10").out.splitlines() if line.startswith("hub ")]

@@ -136,13 +136,26 @@ def hub_errors(repo_id: str, token: str | None, *, revision: str | None = None, 
             hint="Pull it once online (unset HF_HUB_OFFLINE), or point HF_HUB_CACHE at a cache that has it.",
         ) from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        detail = _scrub(getattr(exc, "server_message", None) or str(exc).splitlines()[0], token)
-        if status in (401, 403):
-            raise HubAuthError(f"The Hub refused this token for {repo_id!r} (HTTP {status}): {detail}") from None
-        raise HubError(f"The Hub at {where} failed for {repo_id!r} (HTTP {status}): {detail}") from None
+        raise _http_error(exc, repo_id, token, where) from None
     except _transport_errors() as exc:
         raise HubError(f"Cannot reach the Hub at {where}: {_scrub(str(exc) or type(exc).__name__, token)}") from None
+    except RuntimeError as exc:
+        # huggingface_hub wraps a failed LFS upload in RuntimeError("Error while uploading 'x' to the Hub.").
+        cause = exc.__cause__
+        if isinstance(cause, HfHubHTTPError):
+            raise _http_error(cause, repo_id, token, where, f"{_scrub(str(exc), token)} ") from None
+        if isinstance(cause, _transport_errors()):
+            raise HubError(f"{_scrub(str(exc), token)} Cannot reach {where}:"
+                           f" {_scrub(str(cause) or type(cause).__name__, token)}") from None
+        raise
+
+
+def _http_error(exc: Any, repo_id: str, token: str | None, where: str, prefix: str = "") -> HubError:
+    status = exc.response.status_code if exc.response is not None else None
+    detail = _scrub(getattr(exc, "server_message", None) or str(exc).splitlines()[0], token)
+    if status in (401, 403) and not prefix:
+        return HubAuthError(f"The Hub refused this token for {repo_id!r} (HTTP {status}): {detail}")
+    return HubError(f"{prefix}The Hub at {where} failed for {repo_id!r} (HTTP {status}): {detail}")
 
 
 def _cached_ref_names(repo_id: str) -> list[str]:
@@ -206,7 +219,8 @@ def push(repo: "Repository", ref: str, repo_id: str, *, revision: str | None = N
     branch = revision or "main"
     api = _api(token)
     with hub_errors(repo_id, token, revision=branch, api=api):
-        url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+        # private=None lets a new repository take the namespace's default visibility.
+        url = str(api.create_repo(repo_id, private=True if private else None, exist_ok=True))
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         head = api.repo_info(repo_id, revision=branch).sha

@@ -69,7 +69,7 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         ("metadata", [f"{k}: {_value(v)}" for k, v in info.metadata.items()
                       if not (k == "hyperparameters" and hyper) and not (k == "hub" and _hub_lines(v))] or "-"),
         ("hyperparameters", [f"{k}: {_value(v)}" for k, v in hyper.items()] or "-"),
-        ("hub", _hub_lines(info.metadata.get("hub")) or "-"),
+        *([("hub", _hub_lines(info.metadata.get("hub")))] if _hub_lines(info.metadata.get("hub")) else []),
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"
