@@ -305,3 +305,41 @@ class CompatibilityWarning(UserWarning):
 class StepMismatchWarning(UserWarning):
     """A Trainer checkpoint folder was saved under a name whose step differs from its trainer_state.json's
     global_step: one of the two is probably a mistake (a renamed or copied folder, a typo in the name)."""
+
+
+# -- Hub (ckpt push, ckpt pull) -----------------------------------------------------------------------------------
+#   CkptError
+#   └── HubError                        the Hub (or HF_ENDPOINT) failed or refused a push or pull
+#       ├── HubAuthError (PermissionError)   no token, or a token the Hub refuses
+#       ├── HubRepoNotFound (LookupError)    no such repository (or not visible with this token)
+#       └── HubRevisionNotFound (LookupError)  the repository has no such branch, tag or commit
+class HubError(CkptError):
+    """A push to or pull from the Hugging Face Hub failed. Messages never hold the token."""
+
+    default_hint = "Check the network (and HF_ENDPOINT if set), then run the command again: nothing was recorded."
+
+
+class HubAuthError(HubError, PermissionError):
+    default_hint = "Log in with 'hf auth login', or set HF_TOKEN to a token with write access."
+
+
+class HubRepoNotFound(HubError, LookupError):
+    def __init__(self, repo_id: str, *, hint: str | None = None) -> None:
+        self.repo_id = repo_id
+        super().__init__(
+            f"Hub repository {repo_id!r} does not exist (or this token may not see it).",
+            hint=hint or "Check the id (ORG/NAME); a private repository needs a token: 'hf auth login' or HF_TOKEN.",
+        )
+
+
+class HubRevisionNotFound(HubError, LookupError):
+    def __init__(self, repo_id: str, revision: str, refs: tuple[str, ...] = ()) -> None:
+        self.repo_id, self.revision, self.refs = repo_id, revision, tuple(refs)
+        shown = f" It has {', '.join(refs[:8])}." if refs else ""
+        super().__init__(
+            f"Hub repository {repo_id!r} has no revision {revision!r}.{shown}",
+            hint=f"Pull a branch, tag or commit it has (ckpt pull {repo_id}@main), or {repo_id} for main.",
+        )
+
+
+__all__ += ["HubAuthError", "HubError", "HubRepoNotFound", "HubRevisionNotFound"]

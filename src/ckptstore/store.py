@@ -327,3 +327,28 @@ class Store:
         """How `b` differs from `a`: config, files, tensors (equal blobs are not read). A DiffReport."""
         return _diff.diff(self._repo, a, b)
 
+
+    # -- sharing: model cards, Hub push and pull ----------------------------------------------------------------
+    def model_card(self, ref: str):
+        """The checkpoint's Hugging Face model card (a huggingface_hub ModelCard; `str(card)` is its README.md):
+        base model, pipeline tag, eval results from the metrics, training facts, lineage, id and file hashes."""
+        from ._ops.card import model_card
+
+        return model_card(self._repo, ref)
+
+    def push(self, ref: str, repo_id: str, *, revision: str | None = None, private: bool = False,
+             tag: str | None = None, token: str | None = None, message: str | None = None):
+        """Publish the checkpoint (its files plus its card as README.md) to Hub repo `repo_id` in one commit, and
+        record the repository and commit on it. No commit when the revision already holds those files. A
+        PushResult."""
+        from ._ops.hub import push
+
+        return push(self._repo, ref, repo_id, revision=revision, private=private, tag=tag, token=token,
+                    message=message)
+
+    def pull(self, spec: str, *, name: str | None = None, token: str | None = None, progress: Any = None):
+        """Bring Hub model ``REPO_ID[@REV]`` into the store (with HF_HUB_OFFLINE=1, from the local hub cache); its
+        refs become tags. A PullResult."""
+        from ._ops.hub import pull
+
+        return pull(self._repo, spec, name=name, token=token, progress=progress)

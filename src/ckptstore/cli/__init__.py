@@ -42,6 +42,9 @@ COMMANDS = [
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
     ("cmd_completion", "completion"),
+    ("cmd_card", "card"),
+    ("cmd_push", "push"),
+    ("cmd_pull", "pull"),
 ]
 
 

@@ -14,6 +14,15 @@ def _value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
 
 
+def _hub_lines(pushes: Any) -> list[str]:
+    """The Hub repositories `ckpt push` published the checkpoint to: 'ORG/NAME@BRANCH commit ABC (tags T)'."""
+    if not isinstance(pushes, dict):
+        return []
+    return [f"{p.get('repo_id')}@{p.get('revision')} commit {str(p.get('commit'))[:12]}"
+            + (f" (tags {', '.join(p['tags'])})" if p.get("tags") else "") + (f" {p['url']}" if p.get("url") else "")
+            for p in pushes.values() if isinstance(p, dict)]
+
+
 @command("show")
 @click.argument("ref")
 @click.option("--tensors", "with_tensors", is_flag=True, help="Also list every stored tensor: name, dtype, shape.")
@@ -58,8 +67,9 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in inside["parameter_dtypes"].items()) or "-"),
         ("metrics", ", ".join(f"{k}={v:.6g}" for k, v in info.metrics.items()) or "-"),
         ("metadata", [f"{k}: {_value(v)}" for k, v in info.metadata.items()
-                      if not (k == "hyperparameters" and hyper)] or "-"),
+                      if not (k == "hyperparameters" and hyper) and not (k == "hub" and _hub_lines(v))] or "-"),
         ("hyperparameters", [f"{k}: {_value(v)}" for k, v in hyper.items()] or "-"),
+        *([("hub", _hub_lines(info.metadata.get("hub")))] if _hub_lines(info.metadata.get("hub")) else []),
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"
