@@ -23,7 +23,7 @@ from ..store import Store
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 400)
 
-STORE_HELP = "Store folder (default: $CKPT_STORE, else ./.ckpt)."
+STORE_HELP = "Store folder or URL (s3://BUCKET/PREFIX) (default: $CKPT_STORE, else ./.ckpt)."
 
 
 _GROUP_STORE = "ckpt.store"  # where `ckpt --store PATH COMMAND` leaves PATH for the command
