@@ -280,6 +280,7 @@ class ObjectDocuments:
         self._listed: dict[str, tuple[str, float]] = {}  # key -> (ETag, when a listing showed it)
         self._lock = threading.Lock()
         self._copies = scratch / "documents"
+        self._settings: tuple[bytes, str] | None = None
 
     def _copy_path(self, key: str) -> Path:
         return self._copies / hashlib.sha256(key.encode()).hexdigest()[:40]
@@ -309,6 +310,8 @@ class ObjectDocuments:
             pass
 
     def _forget(self, key: str) -> None:
+        if key == "store.json":
+            self._settings = None
         with self._lock:
             self._listed.pop(key, None)
 
@@ -318,6 +321,8 @@ class ObjectDocuments:
         cached = self._cached(key)
         if cached is not None:
             return cached
+        if key == "store.json" and self._settings is not None:
+            return self._settings  # read once per open: it changes only at init and at a format upgrade
         try:
             result = self.remote.call("GET", obstore.get, key, key=key, missing_ok=True)
         except FileNotFoundError:
@@ -325,6 +330,8 @@ class ObjectDocuments:
         data = bytes(result.bytes())
         etag = result.meta["e_tag"] or ""
         self._keep(key, data, etag)
+        if key == "store.json":
+            self._settings = (data, etag)
         return data, etag
 
     def create(self, key: str, data: bytes) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..store import Store
-from ._app import counted, debug_option, err, fmt_bytes, json_option, out, print_json
+from ._app import counted, debug_option, store_option, err, fmt_bytes, json_option, out, print_json
 from .cmd_policy import parse_bytes
 
 
@@ -24,7 +24,8 @@ def cache() -> None:
 @cache.command("du")
 @json_option
 @debug_option
-def cache_du(as_json: bool) -> None:
+@store_option  # accepted like every command's; the cache is the user's, shared by every remote store
+def cache_du(as_json: bool, store_path: str | None) -> None:
     """What the cache holds: its folder, blobs and bytes, and its cap.
 
     \b
@@ -45,7 +46,8 @@ def cache_du(as_json: bool) -> None:
 @click.option("--max-bytes", metavar="SIZE", default=None, help="Keep at most this much (e.g. 5GB; 0 empties it).")
 @json_option
 @debug_option
-def cache_prune(max_bytes: str | None, as_json: bool) -> None:
+@store_option
+def cache_prune(max_bytes: str | None, as_json: bool, store_path: str | None) -> None:
     """Remove the least recently used blobs until the cache holds at most --max-bytes (default: its cap).
 
     \b
