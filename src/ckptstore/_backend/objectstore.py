@@ -214,6 +214,12 @@ class ObjectBlobSession:
         self.bytes_written = 0
         self._aborted = False
 
+    def assume_present(self, digests: set[str]) -> None:
+        """Blobs the caller knows are stored (a committed checkpoint's, kept by gc while the save holds the objects
+        lock): `put` skips them without asking the server."""
+        with self._lock:
+            self._seen.update(digests)
+
     def put(self, digest: str, data: bytes | memoryview) -> bool:
         with self._lock:
             if digest in self._seen:

@@ -61,6 +61,15 @@ class BlobWriter:
     def bytes_written(self) -> int:
         return self._session.bytes_written
 
+    @property
+    def wants_known_blobs(self) -> bool:
+        """Whether the backend's session saves work when told which blobs are stored (a remote store: a request
+        per blob); a local one checks with a stat and is not told."""
+        return hasattr(self._session, "assume_present")
+
+    def assume_present(self, digests: set[str]) -> None:
+        self._session.assume_present(digests)
+
     def put(self, data: bytes | memoryview) -> Future[BlobRef]:
         return self._pool.submit(self._put, data)
 
