@@ -141,3 +141,22 @@ def test_trainer_callback_saves_to_the_bucket_and_resume_dir_checks_out_from_it(
     state = json.loads((Path(path) / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert isinstance(trainer2, transformers.Trainer)
+
+
+def test_read_only_credentials_load_without_writing_and_refuse_writes_in_one_line(s3_url, tmp_path, monkeypatch):
+    from ckptstore.errors import StoreReadOnly
+
+    store = Store.init(s3_url)
+    model = make_tiny_bert()
+    store.save(model, "bert/step-1")
+    monkeypatch.setenv("CKPT_REMOTE_READ_ONLY", "1")
+    reader = Store.open(s3_url)
+    assert reader.read_only
+    loaded = reader.load("bert/step-1")  # no lease: a lease is a write
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert reader.verify().ok
+    assert "PUT" not in reader.requests and "DELETE" not in reader.requests
+    with pytest.raises(StoreReadOnly):
+        reader.save(model, "bert/step-2")
+    with pytest.raises(StoreReadOnly):
+        reader.tag("bert/step-1", "prod")

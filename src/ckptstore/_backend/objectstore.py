@@ -26,7 +26,7 @@ from typing import Any
 
 from .._core.failpoints import failpoint
 from .._core.hashing import hash_bytes
-from ..errors import CorruptObject, InvalidArgument
+from ..errors import CorruptObject, InvalidArgument, StoreReadOnly
 from .blobcache import BlobCache, cache_home
 from .remote_client import RequestCounter, make_client, split_url, translate
 from .remote_coord import RemoteCoordination
@@ -55,10 +55,16 @@ class Remote:
         self.url = url
         self.client = make_client(url)
         self.requests = RequestCounter()
+        self.read_only = False
 
     def call(self, kind: str, fn, *args, key: str | None = None, missing_ok: bool = False, **kwargs) -> Any:
         import obstore.exceptions as oe
 
+        if self.read_only and kind in ("PUT", "DELETE"):
+            hint = "Unset CKPT_REMOTE_READ_ONLY, with credentials that may write the bucket."
+            exc = StoreReadOnly(self.url)
+            exc.hint = hint
+            raise exc
         self.requests.add(kind)
         try:
             return fn(self.client, *args, **kwargs)
@@ -294,7 +300,9 @@ class ObjectDocuments:
     def _cached(self, key: str) -> tuple[bytes, str] | None:
         with self._lock:
             seen = self._listed.get(key)
-        if seen is None or time.monotonic() - seen[1] > 10.0:
+        # A manifest never changes (its key is the hash of its bytes): a listing this process made says it is there,
+        # however long ago. Other documents may move, so only a listing of the last seconds vouches for them.
+        if seen is None or (time.monotonic() - seen[1] > 10.0 and not key.startswith("checkpoints/")):
             return None
         try:
             raw = self._copy_path(key).read_bytes()
@@ -428,6 +436,7 @@ class ObjectStoreBackend:
         # reference them.
         self.blob_grace = _gc_grace_seconds()
         self.coordination = RemoteCoordination(self.documents, ttl=self.lease_seconds, url=self.url)
+        self.remote.read_only = not self.writable
 
     @property
     def requests(self) -> RequestCounter:
@@ -440,7 +449,9 @@ class ObjectStoreBackend:
 
     @property
     def writable(self) -> bool:
-        return True  # a refused write is a RemoteStoreError naming the credentials
+        # Credentials that may only read (a deploy machine) say so with CKPT_REMOTE_READ_ONLY=1: loads then take no
+        # lease (a write). Otherwise a refused write is a RemoteStoreError naming the credentials.
+        return os.environ.get("CKPT_REMOTE_READ_ONLY", "") not in ("1", "true", "yes")
 
     def create(self) -> None:
         others = set()

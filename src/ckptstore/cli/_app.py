@@ -95,7 +95,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable], click.Command]:
 def open_store(store_path: str | None, *, create: bool = False) -> Store:
     store = Store.open(store_path, create=create)
     if store.read_only:
-        err.print(f"note: the store at {store.root} is read-only for this user; running read-only (its index is"
+        err.print(f"note: the store at {store.url} is read-only for this user; running read-only (its index is"
                   " kept in your cache folder).")
     return store
 
