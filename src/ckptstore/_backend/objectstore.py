@@ -145,6 +145,12 @@ class ObjectBlobs:
     # -- reading -------------------------------------------------------------------------------------------------------
     def _get(self, digest: str, size: int | None = None) -> bytes:
         """The blob's bytes from the remote: one GET, or ranged GETs side by side for a large blob."""
+        try:
+            return self._get_bytes(digest, size)
+        except CorruptObject:  # not found: said of the blob, so that callers can name its checkpoint and file
+            raise CorruptObject(f"Blob {digest[:12]} is missing from the store.", digest=digest) from None
+
+    def _get_bytes(self, digest: str, size: int | None) -> bytes:
         import obstore
 
         key = _blob_key(digest)
