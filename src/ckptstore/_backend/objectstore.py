@@ -110,14 +110,16 @@ class ObjectBlobs:
     def __init__(self, remote: Remote, cache: BlobCache) -> None:
         self.remote = remote
         self.cache = cache
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
 
-    def pool(self) -> ThreadPoolExecutor:
+    def pool(self, kind: str = "blobs") -> ThreadPoolExecutor:
+        """Workers for whole blobs, and others for the ranges of large ones: a blob's fetch waits for its ranges,
+        so they must not queue behind it in the same pool."""
         with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=_concurrency(), thread_name_prefix="ckpt-remote")
-            return self._pool
+            if kind not in self._pools:
+                self._pools[kind] = ThreadPoolExecutor(max_workers=_concurrency(), thread_name_prefix=f"ckpt-{kind}")
+            return self._pools[kind]
 
     # -- what the store holds ----------------------------------------------------------------------------------------
     def size(self, digest: str) -> int | None:
@@ -157,7 +159,7 @@ class ObjectBlobs:
         if size is not None and size > MULTIPART_BYTES:
             starts = list(range(0, size, PART_BYTES))
             ends = [min(s + PART_BYTES, size) for s in starts]
-            futures = [self.pool().submit(self.remote.call, "GET", obstore.get_range, key, start=s, end=e,
+            futures = [self.pool("ranges").submit(self.remote.call, "GET", obstore.get_range, key, start=s, end=e,
                                           key=key)
                        for s, e in zip(starts, ends)]
             return b"".join(bytes(f.result()) for f in futures)
