@@ -162,3 +162,25 @@ def test_read_only_credentials_load_without_writing_and_refuse_writes_in_one_lin
         reader.save(model, "bert/step-2")
     with pytest.raises(StoreReadOnly):
         reader.tag("bert/step-1", "prod")
+
+
+def test_blob_cache_takes_only_matching_bytes_and_drops_the_least_recently_used_first(tmp_path):
+    from ckptstore._backend.blobcache import BlobCache
+    from ckptstore._core.hashing import hash_bytes
+
+    cache = BlobCache(tmp_path / "cache", max_bytes=1 << 40)
+    blobs = [os.urandom(1000 + i) for i in range(4)]
+    digests = [hash_bytes(b) for b in blobs]
+    with pytest.raises(CorruptObject):
+        cache.add(digests[0], blobs[1])  # bytes that are not the blob's: refused, nothing kept
+    assert cache.path(digests[0]) is None and cache.usage().blobs == 0
+    for i, (d, b) in enumerate(zip(digests, blobs)):
+        Path(cache.add(d, b))
+        os.utime(cache.path(d), (1000 + i, 1000 + i))  # used in this order, oldest first
+    os.utime(cache.path(digests[0]), None)  # blob 0 used again just now
+    removed, freed = cache.prune(sum(len(b) for b in blobs[2:]) + len(blobs[0]))
+    assert removed == 1 and freed == len(blobs[1])  # the least recently used went, only it
+    assert cache.path(digests[1]) is None and all(cache.path(d) for d in (digests[0], digests[2], digests[3]))
+    # A cached file of the wrong size (damaged on the local disk) is dropped, not served.
+    Path(cache.path(digests[2])).write_bytes(b"short")
+    assert cache.path(digests[2], len(blobs[2])) is None and cache.path(digests[2]) is None
