@@ -158,3 +158,6 @@ def ambiguous_pair(store, tiny_bert_dir):
         plant_checkpoint(store, data)
     store.reindex()
     return pair[0][0][:4], tuple((store.info(cid).name, cid) for cid, _ in pair)
+
+
+from s3server import moto_server, s3_url  # noqa: E402,F401 - the real S3 server fixtures (tests/s3server.py)

@@ -1,5 +1,5 @@
 """Where a store is: a file given as the store, a mistyped --store that save would quietly create, and URLs
-(s3://...) that used to become a local folder named 's3:'."""
+(ftp://...) that used to become a local folder named 's3:'."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_save_says_when_it_creates_a_store(ckpt, tmp_path, tiny_bert_dir):
     assert r.code == 0 and "Created a new store" not in r.err, r.err
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/x", "file:///data/ckpts"])
+@pytest.mark.parametrize("url", ["ftp://bucket/x", "file:///data/ckpts"])
 def test_a_url_as_the_store_is_a_usage_error_and_creates_nothing(url, ckpt, tmp_path, monkeypatch, tiny_bert_dir):
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())

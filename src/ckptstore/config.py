@@ -72,12 +72,32 @@ def resolve_store_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(DEFAULT_STORE)
 
 
+# Schemes of remote stores (object storage); any other URL is refused as before.
+REMOTE_SCHEMES = ("s3", "gs", "az", "abfs", "abfss", "azure")
+
+
+def is_remote_location(location: str | os.PathLike[str] | None) -> bool:
+    text = str(location) if location is not None else ""
+    return bool(_URL.match(text)) and text.split(":", 1)[0].lower() in REMOTE_SCHEMES
+
+
+def resolve_store_location(location: str | os.PathLike[str] | None = None) -> str | Path:
+    """The store's location: a remote URL (s3://bucket/prefix, gs://, az://) as given, else a local folder."""
+    if location is not None and str(location) != "":
+        return str(location) if is_remote_location(location) else _local(str(location), "")
+    env = os.environ.get(ENV_STORE)
+    if env and is_remote_location(env):
+        return env
+    return resolve_store_path(None)
+
+
 def _local(path: str, source: str) -> Path:
     """A store is a local folder: refuse a URL rather than create a folder named after its scheme."""
     if _URL.match(path):
         raise InvalidArgument(
-            f"Store {path!r}{source} is a URL; stores are local folders (remote stores are not supported yet).",
-            hint="Give a folder path, e.g. --store /data/ckpts (a mounted bucket works as a folder).",
+            f"Store {path!r}{source} is a URL of a kind ckptstore cannot reach; stores are local folders or"
+            " s3://, gs://, az:// URLs.",
+            hint="Give a folder path (e.g. --store /data/ckpts) or an object-storage URL (s3://BUCKET/PREFIX).",
         )
     return Path(path)
 

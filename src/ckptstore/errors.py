@@ -28,6 +28,7 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── StoreLocked (TimeoutError)          another process holds the lock we need
     ├── StoreFull (OSError, errno ENOSPC)   the store's disk has no room for a save
     ├── StoreReadOnly (OSError)             a write to a store this process can only read
+    ├── RemoteStoreError (OSError)          a remote store's server, bucket or credentials failed a request
     ├── OutOfMemory (MemoryError)           not enough memory to load a checkpoint as asked
     ├── PolicyError (ValueError)            a retention policy that would delete everything, ...
     └── ValidationFailed                    a checkpoint failed `validate`
@@ -60,6 +61,7 @@ __all__ = [
     "OutOfMemory",
     "PolicyError",
     "ReferenceError_",
+    "RemoteStoreError",
     "RetentionWarning",
     "ShapeMismatch",
     "SourceNotFound",
@@ -343,3 +345,12 @@ class HubRevisionNotFound(HubError, LookupError):
 
 
 __all__ += ["HubAuthError", "HubError", "HubRepoNotFound", "HubRevisionNotFound"]
+
+
+class RemoteStoreError(CkptError, OSError):
+    """A request to a remote store (S3, GCS, Azure) failed: the server cannot be reached, the bucket does not exist,
+    the credentials are refused. Carries the store's URL (never a credential) and says what to check."""
+
+    def __init__(self, url: str, problem: str, *, hint: str | None = None) -> None:
+        self.url = url
+        super().__init__(f"Remote store {url}: {problem}", hint=hint)

@@ -352,3 +352,31 @@ class Store:
         from ._ops.hub import pull
 
         return pull(self._repo, spec, name=name, token=token, progress=progress)
+    # -- remote stores (object storage) and the local blob cache ------------------------------------------------------
+    @classmethod
+    def exists(cls, path: str | os.PathLike[str] | None = None) -> bool:
+        """Whether a store is at `path` (a folder or a URL such as s3://bucket/prefix)."""
+        from ._repo.opening import read_config
+
+        return read_config(backend_for(path)) is not None
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """Requests this Store sent to its remote so far, by kind (GET, HEAD, PUT, LIST, DELETE); {} when local."""
+        counter = getattr(self._repo.backend, "requests", None)
+        return counter.snapshot() if counter is not None else {}
+
+    @staticmethod
+    def cache_usage():
+        """What the local blob cache of remote stores holds (a CacheUsage: path, blobs, bytes, max_bytes)."""
+        from ._backend.blobcache import BlobCache
+
+        return BlobCache().usage()
+
+    @staticmethod
+    def prune_cache(max_bytes: int | None = None) -> tuple[int, int]:
+        """Remove least recently used blobs from the local cache until it holds at most `max_bytes` (default: its
+        cap, $CKPT_CACHE_MAX_BYTES). Returns (blobs, bytes) removed."""
+        from ._backend.blobcache import BlobCache
+
+        return BlobCache().prune(max_bytes)

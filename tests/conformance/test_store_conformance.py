@@ -145,6 +145,13 @@ class Subject:
             damaged = bytearray(data)
             damaged[offset] ^= 0x01
             self.backend.blobs.data[digest] = (bytes(damaged), mtime)
+        elif self.kind == "s3":  # overwritten on the server, as another client could
+            import obstore
+
+            key = f"objects/{digest[:2]}/{digest[2:]}"
+            damaged = bytearray(obstore.get(self.backend.remote.client, key).bytes())
+            damaged[offset] ^= 0x01
+            obstore.put(self.backend.remote.client, key, bytes(damaged))
         else:
             with open(blob_path(self.store, digest), "r+b") as f:
                 f.seek(offset)
@@ -153,11 +160,18 @@ class Subject:
                 f.write(bytes([byte[0] ^ 0x01]))
 
 
-@pytest.fixture(params=["local", "memory"])
-def subject(request, tmp_path):
+@pytest.fixture(params=["local", "memory", "s3"])
+def subject(request, tmp_path, monkeypatch):
     if request.param == "local":
         store = Store.init(tmp_path / "store")
         yield Subject("local", store, LocalBackend(tmp_path / "store"))
+        store.close()
+        return
+    if request.param == "s3":  # a real S3 API server (moto_server, tests/s3server.py)
+        url = request.getfixturevalue("s3_url")
+        monkeypatch.setenv("CKPT_REMOTE_GC_GRACE_SECONDS", "0")  # gc at once, as on the other backends
+        store = Store.init(url)
+        yield Subject("s3", store, store._repo.backend)
         store.close()
         return
     backend = MemoryBackend()
@@ -330,7 +344,7 @@ def test_delete_plans_then_removes_and_moves_latest_and_best(subject, tmp_path):
     assert f"checkpoints/{gone}.json" not in docs and "names/bert/bert~step-2" not in docs
     assert f"deleted/{gone}" in docs and "refs/tags/bert/keep" not in docs
     # Another Store on the same storage (a fresh index) sees the same.
-    other = Store.on(subject.backend) if subject.kind == "memory" else Store.open(tmp_path / "store")
+    other = Store.on(subject.backend) if subject.kind == "memory" else Store.open(subject.store.url)
     assert [c.name for c in other.list()] == ["bert/step-1"]
     other.close()
 

@@ -6,6 +6,7 @@ of interrupted writes.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,7 +95,10 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
                 referenced.update(manifest.blob_refs())
             else:
                 unclaimed.append(cid)
-        garbage = tuple((d, s) for d, s, _ in repo.blobs.iter() if d not in referenced)
+        grace = getattr(repo.backend, "blob_grace", 0.0)  # 0 locally: the objects lock alone keeps saves safe
+        young = time.time() - grace
+        garbage = tuple((d, s) for d, s, mtime in repo.blobs.iter()
+                        if d not in referenced and (not grace or mtime < young))
         tmp = tuple(repo.backend.leftovers(grace=TMP_GRACE_SECONDS))
         plan = GcPlan(garbage, tmp, len(referenced), saves_in_progress=saving, manifests=tuple(unclaimed))
         if dry_run:

@@ -135,12 +135,31 @@ def load_state_dict(
             f"Checkpoint {manifest.name!r} has no safetensors weights to load.",
             hint="Legacy .bin weights are loaded through a materialized folder; 'ckpt import' converts them.",
         )
+    prefetch(blobs, files, ckpt=manifest.name)
     out: dict[str, torch.Tensor] = {}
     for f in files:
         parts = f.tensor_blobs()
         for entry in f.tensors:
             out[entry.name] = load_tensor(blobs, entry, parts[entry.name], verify=verify, ckpt=manifest.name, file=f.path)
     return out
+
+
+def prefetch(blobs: Blobs, files: Iterable[FileEntry], *, ckpt: str) -> None:
+    """Fetch the files' blobs side by side where the backend reads through a local cache (a remote store; each
+    blob is checked against its hash on arrival); nothing to do for a local one."""
+    fetch = getattr(blobs, "prefetch", None)
+    if fetch is None:
+        return
+    files = list(files)
+    try:
+        fetch(list({b.digest: (b.digest, b.size) for f in files for b in f.blobs}.values()))
+    except CorruptObject as exc:
+        where = next((f.path for f in files for b in f.blobs if b.digest == exc.digest), None)
+        if where is not None:
+            exc.path = where
+            exc.message = f"Checkpoint {ckpt!r} is damaged: {where}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
 
 
 def read_file_bytes(blobs: Blobs, entry: FileEntry, *, verify: bool = True) -> bytes:
@@ -237,6 +256,7 @@ def export(
     """Write the checkpoint's files under `dest`, byte for byte. On failure, what was written is removed.
     `threads` copy side by side (default: one per core, up to 4)."""
     existed = check_destination(dest)
+    prefetch(blobs, files if files is not None else manifest.files, ckpt=manifest.name)
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     open_files: list[tuple[int, list[tuple[Future[None], int]]]] = []  # (fd, its blob jobs) in file order

@@ -24,7 +24,7 @@ from .._core.names import RESERVED_TAGS, check_name, check_tag, run_of, step_fro
 from .._format.manifest import FileEntry, Manifest, manifest_id
 from .._format.modelconfig import config_facts
 from .._repo.objects import BlobWriter, read_blob
-from ..errors import CorruptObject, InvalidArgument, NameExists, RetentionWarning, StoreFull
+from ..errors import CkptError, CorruptObject, InvalidArgument, NameExists, RetentionWarning, StoreFull
 from . import retention
 from .ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
 from .inspect import count_parameters
@@ -263,6 +263,8 @@ def save_sources(
         if missing:
             raise CorruptObject(f"Blob {missing[0][:12]} to carry over is missing from the store.", digest=missing[0])
         writer = BlobWriter(repo.blobs)
+        if writer.wants_known_blobs:
+            writer.assume_present(known_blobs(repo, run_of(name), parent_id))
         try:
             try:
                 entries = ingest(sources, writer, repo.config.chunk_bytes, on_progress=on_progress) + list(kept)
@@ -302,6 +304,21 @@ def save_sources(
             # since another save may have reused it. Say how much, so the CLI can tell the user.
             exc.leftovers = (len(writer.published), writer.published_bytes)  # type: ignore[attr-defined]
             raise
+
+
+def known_blobs(repo: "Repository", run: str, parent_id: str | None) -> set[str]:
+    """Blobs of the run's newest checkpoint (and of the parent): committed, so stored, and kept by gc while this
+    save holds the objects lock. A remote store skips its existence check (a request each) for them."""
+    ids = [parent_id] if parent_id else []
+    newest = repo.catalog.infos(run=run)[:1] if run in repo.catalog.runs() else []
+    ids += [info.id for info in newest]
+    out: set[str] = set()
+    for cid in dict.fromkeys(ids):
+        try:
+            out.update(repo.read_manifest(cid).blob_refs())
+        except CkptError:
+            pass  # damaged or gone: its blobs are simply checked as any other
+    return out
 
 
 def commit(repo: "Repository", manifest: Manifest, tags: Iterable[str]) -> str:

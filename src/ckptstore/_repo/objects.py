@@ -61,6 +61,15 @@ class BlobWriter:
     def bytes_written(self) -> int:
         return self._session.bytes_written
 
+    @property
+    def wants_known_blobs(self) -> bool:
+        """Whether the backend's session saves work when told which blobs are stored (a remote store: a request
+        per blob); a local one checks with a stat and is not told."""
+        return hasattr(self._session, "assume_present")
+
+    def assume_present(self, digests: set[str]) -> None:
+        self._session.assume_present(digests)
+
     def put(self, data: bytes | memoryview) -> Future[BlobRef]:
         return self._pool.submit(self._put, data)
 
@@ -103,6 +112,9 @@ def read_blob(blobs: Blobs, digest: str, *, verify: bool = True) -> bytes:
 def rehash(blobs: Blobs, digest: str) -> str:
     """The hash of what is stored under `digest` now (deep verification): mapped and hashed on every core where
     the blob is a local file, read in one piece elsewhere."""
+    remote = getattr(blobs, "rehash", None)
+    if remote is not None:  # a remote store: its local files are a cache, and verify checks the store itself
+        return remote(digest)
     path = blobs.local_path(digest)
     if path is None:
         return hash_bytes(blobs.read(digest))

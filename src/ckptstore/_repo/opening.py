@@ -22,7 +22,7 @@ import uuid
 from .._backend.local import LocalBackend
 from .._backend.protocols import Backend
 from .._core.failpoints import failpoint
-from ..config import FORMAT_VERSION, StoreConfig, check_chunk_bytes, resolve_store_path
+from ..config import FORMAT_VERSION, StoreConfig, check_chunk_bytes, resolve_store_location
 from ..errors import CkptError, InvalidArgument, StoreNotFound
 from . import documents as keys
 from . import format1
@@ -30,7 +30,12 @@ from .repository import Repository
 
 
 def backend_for(location: str | os.PathLike[str] | None) -> Backend:
-    return LocalBackend(resolve_store_path(location))
+    where = resolve_store_location(location)
+    if isinstance(where, str):
+        from .._backend.objectstore import ObjectStoreBackend  # obstore is imported only for a remote store
+
+        return ObjectStoreBackend(where)
+    return LocalBackend(where)
 
 
 def read_config(backend: Backend) -> StoreConfig | None:

@@ -45,6 +45,7 @@ COMMANDS = [
     ("cmd_card", "card"),
     ("cmd_push", "push"),
     ("cmd_pull", "pull"),
+    ("cmd_cache", "cache"),
 ]
 
 

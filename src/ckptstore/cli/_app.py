@@ -23,7 +23,7 @@ from ..store import Store
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 400)
 
-STORE_HELP = "Store folder (default: $CKPT_STORE, else ./.ckpt)."
+STORE_HELP = "Store folder or URL (s3://BUCKET/PREFIX) (default: $CKPT_STORE, else ./.ckpt)."
 
 
 _GROUP_STORE = "ckpt.store"  # where `ckpt --store PATH COMMAND` leaves PATH for the command
@@ -95,7 +95,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable], click.Command]:
 def open_store(store_path: str | None, *, create: bool = False) -> Store:
     store = Store.open(store_path, create=create)
     if store.read_only:
-        err.print(f"note: the store at {store.root} is read-only for this user; running read-only (its index is"
+        err.print(f"note: the store at {store.url} is read-only for this user; running read-only (its index is"
                   " kept in your cache folder).")
     return store
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import resolve_store_path
+from ..config import resolve_store_location
 from ..store import Store
 from ._app import command, err
 
@@ -17,9 +17,16 @@ def init(path: str | None, store_path: str | None, chunk_bytes: int | None) -> N
     Examples:
       ckpt init
       ckpt init /data/ckpts
+      ckpt init s3://my-bucket/ckpts     (credentials and endpoint from AWS_* variables)
     Exit codes: 0 ok, 1 failure, 2 usage error.
     """
-    root = resolve_store_path(path or store_path)
+    where = resolve_store_location(path or store_path)
+    if isinstance(where, str):  # a remote store (s3://BUCKET/PREFIX): init says whether one was there already
+        existed = Store.exists(where)
+        store = Store.init(where, chunk_bytes=chunk_bytes)
+        err.print(f"{'Store already exists' if existed else 'Initialized empty store'} at {store.url}")
+        return
+    root = where
     existed = (root / "store.json").exists()
     store = Store.init(root, chunk_bytes=chunk_bytes)
     err.print(f"{'Store already exists' if existed else 'Initialized empty store'} at {store.root}")

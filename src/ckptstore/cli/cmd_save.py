@@ -64,7 +64,7 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
         Store.check_source(src, name, tags)
         store = open_store(store_path, create=True)
         # Said out loud: a mistyped --store would otherwise scatter checkpoints over stores nobody knows of.
-        err.print(f"Created a new store at {store.root}")
+        err.print(f"Created a new store at {store.url}")
 
     # The files the save will read (same walk as the store's), for the progress bar's total.
     total = Store.check_source(src, name, tags) if Path(src).is_dir() else 0
