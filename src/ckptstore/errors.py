@@ -30,11 +30,13 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── StoreReadOnly (OSError)             a write to a store this process can only read
     ├── OutOfMemory (MemoryError)           not enough memory to load a checkpoint as asked
     ├── PolicyError (ValueError)            a retention policy that would delete everything, ...
-    └── ValidationFailed                    a checkpoint failed `validate`
+    ├── ValidationFailed                    a checkpoint failed `validate`
+    └── SyncConflict                        a sync found names or tags the destination holds for other checkpoints
 
     CompatibilityWarning (UserWarning)      a checkpoint saved by a newer transformers than the one installed
     RetentionWarning (UserWarning)          a save succeeded but housekeeping afterwards (policy, tags, gc) failed
     StepMismatchWarning (UserWarning)       a checkpoint-N folder saved under a name whose step its state denies
+    ReplicationWarning (UserWarning)        a background replication after a save failed (retried after the next)
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "OutOfMemory",
     "PolicyError",
     "ReferenceError_",
+    "ReplicationWarning",
     "RetentionWarning",
     "ShapeMismatch",
     "SourceNotFound",
@@ -68,6 +71,7 @@ __all__ = [
     "StoreLocked",
     "StoreNotFound",
     "StoreReadOnly",
+    "SyncConflict",
     "UnsafePickle",
     "UsageError",
     "ValidationFailed",
@@ -305,3 +309,23 @@ class CompatibilityWarning(UserWarning):
 class StepMismatchWarning(UserWarning):
     """A Trainer checkpoint folder was saved under a name whose step differs from its trainer_state.json's
     global_step: one of the two is probably a mistake (a renamed or copied folder, a typo in the name)."""
+
+
+class SyncConflict(CkptError):
+    """A sync found names (or user tags) the destination holds for other checkpoints; it left them as they are and
+    copied everything else."""
+
+    def __init__(self, destination: str, conflicts: list[str]) -> None:
+        self.destination = destination
+        self.conflicts = list(conflicts)
+        shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
+        super().__init__(
+            f"{len(conflicts)} conflict(s) at {destination}, left as they are: {shown}.",
+            hint="Rename the checkpoint on one side ('ckpt mv'), or move the tag by hand; 'ckpt sync --move-tags'"
+            " moves user tags to follow the source.",
+        )
+
+
+class ReplicationWarning(UserWarning):
+    """Replicating a saved checkpoint to another store in the background failed; the checkpoint is saved in the
+    training store, and the next save (or the flush at the end of training) tries again."""
