@@ -332,17 +332,20 @@ class Store:
 
     # -- sync between stores (push/pull) ----------------------------------------------------------------------------
     def sync(self, dst: "Store | str | os.PathLike[str]", *refs: str, dry_run: bool = False, move_tags: bool = False,
-             on_progress: Callable[[int], None] | None = None) -> SyncReport:
+             replace_settings: bool = False, on_progress: Callable[[int], None] | None = None) -> SyncReport:
         """Copy checkpoints (`refs`: names, ``RUN:TAG``, ids or whole runs; none: all) to the store `dst` (a Store,
-        a path, or a URL; created when missing), with their tags, metrics, annotations, lineage and run settings,
-        sending only the blobs it lacks. Never overwrites a name `dst` holds for another checkpoint (the report's
-        `conflicts`; `report.raise_for_conflicts()`), never brings back what `dst` deleted; `dst` then applies the
-        run's policy. Returns a SyncReport (with `dry_run`, what it would do)."""
+        a path, or a URL; created when missing), with their tags, metrics, annotations, lineage and run settings
+        (where `dst` has none for the run, or always with `replace_settings`), sending only the blobs it lacks.
+        Never overwrites a name `dst` holds for another checkpoint (the report's `conflicts`;
+        `report.raise_for_conflicts()`), never moves a user tag there unless `move_tags`, never brings back what
+        `dst` deleted; `dst` moves its latest/best and applies the run's policy. Returns a SyncReport (with
+        `dry_run`, what it would do, writing nothing)."""
+        options = dict(dry_run=dry_run, move_tags=move_tags, replace_settings=replace_settings,
+                       on_progress=on_progress)
         if isinstance(dst, Store):
-            return _sync.sync(self._repo, dst._repo, refs, dry_run=dry_run, move_tags=move_tags,
-                              on_progress=on_progress)
+            return _sync.sync(self._repo, dst._repo, refs, **options)
         with Store.open(dst, create=not dry_run) as other:
-            return self.sync(other, *refs, dry_run=dry_run, move_tags=move_tags, on_progress=on_progress)
+            return _sync.sync(self._repo, other._repo, refs, **options)
 
     def pull(self, src: "Store | str | os.PathLike[str]", *refs: str, dry_run: bool = False, move_tags: bool = False,
              on_progress: Callable[[int], None] | None = None) -> SyncReport:

@@ -34,7 +34,7 @@ from .._core.names import RESERVED_TAGS, run_of
 from .._format.manifest import Manifest
 from .._format.settings import RunSettings
 from .._repo import annotations, leases
-from .._repo.documents import manifest_key, settings_key
+from .._repo.documents import manifest_key, settings_key, upsert
 from ..errors import CheckpointNotFound, CorruptObject, InvalidArgument, NameExists, StoreReadOnly, SyncConflict
 from . import retention
 from .save import _reclaim, _undo
@@ -163,6 +163,7 @@ def sync(
     *,
     dry_run: bool = False,
     move_tags: bool = False,
+    replace_settings: bool = False,
     on_progress: Callable[[int], None] | None = None,
     threads: int = TRANSFER_THREADS,
 ) -> SyncReport:
@@ -200,7 +201,7 @@ def sync(
 
     runs = sorted({c.run for c in todo} | {c.run for c in there})
     for run in runs:
-        if _copy_settings(src, dst, run, dry_run=dry_run):
+        if _copy_settings(src, dst, run, dry_run=dry_run, replace=replace_settings):
             out["settings"].append(run)
     not_kept = _not_kept(src, dst, todo)
     out["not_kept"] = [c.name for c in todo if c.id in not_kept]
@@ -288,18 +289,24 @@ def _source_hold(src: "Repository", cid: str):
     return leases.hold(src, cid)
 
 
-def _copy_settings(src: "Repository", dst: "Repository", run: str, *, dry_run: bool) -> bool:
-    """Give the destination the run's settings (retention policy, what best follows) when it has none."""
+def _copy_settings(src: "Repository", dst: "Repository", run: str, *, dry_run: bool, replace: bool) -> bool:
+    """Give the destination the run's settings (retention policy, what best follows) when it has none, or, with
+    `replace`, whenever they differ (replication: the training store's settings are the run's)."""
     key = settings_key(run)
     got = src.docs.get(key)
-    if got is None or dst.docs.get(key) is not None:
+    if got is None:
+        return False
+    there = dst.docs.get(key)
+    if there is not None and (not replace or there[0] == got[0]):
         return False
     RunSettings.from_bytes(got[0], path=f"{src.url}/{key}", run=run)  # refuse to spread unreadable settings
     if dry_run:
         return True
     with dst.writing(), dst.commit_lock():
         failpoint("policy.write")
-        return dst.docs.create(key, got[0])
+        if there is None:
+            return dst.docs.create(key, got[0])
+        return upsert(dst.docs, key, got[0])
 
 
 def _not_kept(src: "Repository", dst: "Repository", todo: list[CheckpointInfo]) -> set[str]:
