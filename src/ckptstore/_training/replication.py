@@ -67,14 +67,18 @@ class Replicator:
         """Ask for a sync of the run; returns at once (a sync in flight is followed by one more)."""
         with self._cond:
             self._pending = True
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"ckptstore-replicate {self.run}",
-                                                daemon=True)
-                self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"ckptstore-replicate {self.run}", daemon=True)
+            self._thread.start()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until no sync is asked for or running; True when that happened within `timeout` seconds."""
         with self._cond:
+            if self._pending:
+                self._start_locked()  # a thread that died of something unexpected left work behind
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def close(self) -> None:
@@ -90,8 +94,7 @@ class Replicator:
             while True:
                 with self._cond:
                     if not self._pending:
-                        self._thread = None
-                        self._cond.notify_all()
+                        self._thread = None  # decided under the lock: a request from now on starts a new thread
                         return
                     self._pending, self._busy = False, True
                 try:
@@ -102,20 +105,28 @@ class Replicator:
                     self._sync(source, destination)
                 except Exception as exc:  # noqa: BLE001 - reported, and retried by the next save's sync
                     self.failures += 1
-                    warnings.warn(
-                        f"Replicating run {self.run!r} to {self.destination_url} failed ({type(exc).__name__}:"
-                        f" {exc}); the checkpoints are saved in {self.store.url}, and the next save tries again.",
-                        ReplicationWarning,
-                        stacklevel=1,
-                    )
+                    self._warn(exc)
                 finally:
                     with self._cond:
                         self._busy = False
                         self._cond.notify_all()
         finally:
+            with self._cond:  # whatever ended the loop, the next request starts a new thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._busy = False
+                self._cond.notify_all()
             for s in (source, destination):
                 if s is not None:
                     s.close()
+
+    def _warn(self, exc: Exception) -> None:
+        message = (f"Replicating run {self.run!r} to {self.destination_url} failed ({type(exc).__name__}: {exc});"
+                   f" the checkpoints are saved in {self.store.url}, and the next save tries again.")
+        try:
+            warnings.warn(message, ReplicationWarning, stacklevel=1)
+        except Exception:  # noqa: BLE001 - warnings turned into errors: nothing in this thread can take one
+            log.warning("%s", message)
 
     def _sync(self, source: Store, destination: Store) -> None:
         source.refresh()
