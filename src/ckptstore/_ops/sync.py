@@ -178,8 +178,11 @@ def sync(
             src.sync()
     ids = select(src, refs)
     infos = _order(src.catalog.infos(ids=ids))
-    with dst.commit_lock():
-        dst.sync()
+    if dst.read_only:
+        dst.sync()  # a dry run against a store this process cannot write: no lock to take
+    else:
+        with dst.commit_lock():
+            dst.sync()
     src_tags = {key: cid for key, cid in src.refs.all().items() if key[1] not in RESERVED_TAGS}
 
     out: dict[str, Any] = {k: [] for k in ("copied", "present", "deleted", "not_kept", "gone", "conflicts", "tags",
@@ -383,7 +386,8 @@ def _transfer(src: "Repository", dst: "Repository", missing: dict[str, int], whe
     def one(item: tuple[str, int]) -> None:
         digest, size = item
         failpoint("sync.blob")
-        data = src.blobs.read(digest)
+        # A local source's blob is mapped, not copied into memory first; others are read (one ranged GET each).
+        data = (src.blobs.map([(digest, size)]) if size else None) or src.blobs.read(digest)
         if len(data) != size or hash_bytes(data) != digest:
             raise CorruptObject(
                 f"Blob {digest[:12]} of {where(digest)} at {src.url} does not match its hash; it was not copied.",
