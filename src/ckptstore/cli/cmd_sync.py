@@ -34,8 +34,8 @@ def sync(src: str, dst: str, refs: tuple[str, ...], dry_run: bool, move_tags: bo
     source = Store.open(src)
     destination = Store.open(dst, create=not dry_run)
     try:
-        total = sum(c.logical_bytes for c in source.list())
-        with progress_bar("Syncing", total) as advance:
+        # The bytes to send are known only checkpoint by checkpoint (what DST lacks): the bar counts, without a total.
+        with progress_bar("Syncing", None) as advance:
             report = source.sync(destination, *refs, dry_run=dry_run, move_tags=move_tags, on_progress=advance)
     finally:
         destination.close()
