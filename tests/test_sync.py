@@ -419,3 +419,38 @@ def test_report_to_json_is_plain_data(pair):
     data = src.sync(dst).to_json()
     assert data["copied"][0]["name"] == "r/step-1" and isinstance(data["copied"][0]["bytes"], int)
     assert dataclasses.is_dataclass(src.sync(dst)) and data["conflicts"] == []
+
+
+def test_a_sync_between_two_memory_stores_stays_above_the_seam(tmp_path, tree_sha256):
+    """Under the conformance suite's path guard, a sync between two memory stores touches no file but their scratch
+    folders and the test's own: everything it reads and writes goes through the backends' blobs and documents."""
+    import os
+
+    from conformance.test_store_conformance import PathGuard
+
+    a, b = MemoryBackend(), MemoryBackend()
+    guard = PathGuard([a.scratch, b.scratch, str(tmp_path), os.environ["HF_HOME"]])
+    try:
+        src, dst = Store.on(a, create=True), Store.on(b, create=True)
+        ids = run_history(src)
+        src.tag("r/step-200", "prod")
+        src.set_policy("r", RetentionPolicy(keep_last=3))
+        with pytest.MonkeyPatch.context() as mp:
+            guard.install(mp)
+            report = src.sync(dst)
+            again = src.sync(dst)
+            back = Store.on(MemoryBackend(), create=True)
+            guard.allowed.append(back._repo.backend.scratch)
+            dst.sync(back, "r:prod")
+        assert guard.outside == [], guard.outside
+        assert [c.id for c in report.copied] == ids and again.copied == ()
+        assert [c.name for c in back.list()] == ["r/step-200"] and back.tags("r")["r:prod"] == ids[1]
+        src.export("r:prod", tmp_path / "a")
+        back.export("r:prod", tmp_path / "b")
+        assert tree_sha256(tmp_path / "a") == tree_sha256(tmp_path / "b")
+        for s in (src, dst, back):
+            s.close()
+        back._repo.backend.close()
+    finally:
+        a.close()
+        b.close()

@@ -27,7 +27,7 @@ from ._repo.opening import backend_for, init_repository, open_repository, upgrad
 from ._repo.repository import Repository
 from .policies import RetentionPolicy
 
-__all__ = ["DeletePlan", "Store"]
+__all__ = ["DeletePlan", "Store", "SyncReport"]
 
 
 class Store:
