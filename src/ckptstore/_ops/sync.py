@@ -35,7 +35,8 @@ from .._format.manifest import Manifest
 from .._format.settings import RunSettings
 from .._repo import annotations, leases
 from .._repo.documents import manifest_key, settings_key, upsert
-from ..errors import CheckpointNotFound, CorruptObject, InvalidArgument, NameExists, StoreReadOnly, SyncConflict
+from ..errors import (CheckpointNotFound, CorruptObject, InvalidArgument, NameExists, PolicyError, StoreReadOnly,
+                      SyncConflict)
 from . import retention
 from .save import _reclaim, _undo
 from .space import check_room, store_full_on_enospc
@@ -302,7 +303,10 @@ def _copy_settings(src: "Repository", dst: "Repository", run: str, *, dry_run: b
     there = dst.docs.get(key)
     if there is not None and (not replace or there[0] == got[0]):
         return False
-    RunSettings.from_bytes(got[0], path=f"{src.url}/{key}", run=run)  # refuse to spread unreadable settings
+    try:
+        RunSettings.from_bytes(got[0], path=f"{src.url}/{key}", run=run)
+    except PolicyError:
+        return False  # unreadable settings are not spread; the checkpoints still are
     if dry_run:
         return True
     with dst.writing(), dst.commit_lock():
@@ -416,9 +420,10 @@ def _tags_to_set(src_tags: dict[tuple[str, str], str], dst: "Repository", info: 
     """The source's user tags on `info` that the destination should get (RUN:TAG); a tag pointing elsewhere there
     is a conflict unless `move_tags`."""
     keys: list[str] = []
+    here = dst.catalog.names_by_ids([info.id]).get(info.id, info.name)
     for (run, tag), cid in sorted(src_tags.items()):
-        if cid != info.id:
-            continue
+        if cid != info.id or run != run_of(here):
+            continue  # not this checkpoint's, or it lives in another run at the destination (renamed there)
         current = dst.refs.get(run, tag)
         if current == cid:
             continue

@@ -47,8 +47,9 @@ def sync(src: str, dst: str, refs: tuple[str, ...], dry_run: bool, move_tags: bo
     verb = "would copy" if dry_run else "copied"
     for c in report.copied:
         out.print(f"{verb:<10} {c.name}  {c.id[:12]}  {counted(c.blobs, 'blob')}, {fmt_bytes(c.bytes)}")
-    for label, names in (("present", report.present), ("deleted", report.deleted), ("not kept", report.not_kept),
-                         ("gone", report.gone), ("pruned", report.pruned)):
+    # Checkpoints already present are only counted (a sync of a big store would list them all; --json has them).
+    for label, names in (("deleted", report.deleted), ("not kept", report.not_kept), ("gone", report.gone),
+                         ("pruned", report.pruned)):
         for name in names:
             out.print(f"{label:<10} {name}")
     for conflict in report.conflicts:
