@@ -165,3 +165,31 @@ def test_trainer_run_with_replicate_to_ends_with_the_checkpoints_the_policy_keep
     mirror.checkout("tiny:latest", tmp_path / "resume")
     store.checkout("tiny:latest", tmp_path / "resume-local")
     assert tree_sha256(tmp_path / "resume") == tree_sha256(tmp_path / "resume-local")
+
+
+EXIT_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import make_tiny_bert
+from ckptstore import CheckpointManager, Store
+manager = CheckpointManager(Store.open({store!r}, create=True), "run", async_save=True, replicate_to={mirror!r},
+                            save_on_signal=False)
+model = make_tiny_bert(0)
+manager.save(1, model)
+manager.save(2, model)
+print("saved", flush=True)
+# no wait(), no close(): the process's exit waits for the save in flight, then for its replication
+"""
+
+
+def test_the_process_exit_waits_for_the_replication_of_the_last_save(tmp_path):
+    import subprocess
+    import sys
+
+    script = EXIT_SCRIPT.format(tests=str(Path(__file__).resolve().parent), store=str(tmp_path / "store"),
+                                mirror=str(tmp_path / "mirror"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "saved" in done.stdout and "failed" not in done.stderr
+    source, mirror = Store.open(tmp_path / "store"), Store.open(tmp_path / "mirror")
+    assert {c.id for c in mirror.list()} == {c.id for c in source.list()} and len(source.list()) == 2
