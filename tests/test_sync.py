@@ -246,7 +246,10 @@ def test_the_runs_policy_applies_at_the_destination_and_what_it_drops_is_not_sen
     ids = run_history(src, steps=(100, 200, 300, 400))  # the last is also the best (eval_loss falls)
     src.set_policy("r", RetentionPolicy(keep_last=2))  # set afterwards: the source still holds all four
 
+    plan = src.sync(dst, dry_run=True)
+    assert sorted(plan.not_kept) == ["r/step-100", "r/step-200"] and plan.settings == ("r",)
     report = src.sync(dst)
+    assert report.bytes_transferred == plan.bytes_transferred
 
     assert report.settings == ("r",)
     assert sorted(report.not_kept) == ["r/step-100", "r/step-200"]

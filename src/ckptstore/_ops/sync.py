@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ from .._format.manifest import Manifest
 from .._format.settings import RunSettings
 from .._repo import annotations, leases
 from .._repo.documents import manifest_key, settings_key, upsert
-from ..errors import (CheckpointNotFound, CorruptObject, InvalidArgument, NameExists, PolicyError, StoreReadOnly,
-                      SyncConflict)
+from ..errors import (CheckpointNotFound, CorruptObject, InvalidArgument, NameExists, PolicyError, RetentionWarning,
+                      StoreReadOnly, SyncConflict)
 from . import retention
 from .save import _reclaim, _undo
 from .space import check_room, store_full_on_enospc
@@ -207,7 +208,8 @@ def sync(
     for run in runs:
         if _copy_settings(src, dst, run, dry_run=dry_run, replace=replace_settings):
             out["settings"].append(run)
-    not_kept = _not_kept(src, dst, todo)
+    # A dry run copied no settings: plan with the source's where the sync would have copied them.
+    not_kept = _not_kept(src, dst, todo, from_source=set(out["settings"]) if dry_run else set())
     out["not_kept"] = [c.name for c in todo if c.id in not_kept]
     todo = [c for c in todo if c.id not in not_kept]
 
@@ -246,7 +248,12 @@ def sync(
         out["tags"].extend(_update_present(src, dst, there, src_tags, move_tags, out["conflicts"], dry_run=dry_run))
     if not dry_run:
         for run in sorted({c.run for c in todo}):
-            result = retention.after_save(dst, run)
+            try:
+                result = retention.after_save(dst, run)
+            except Exception as exc:  # noqa: BLE001 - the checkpoints are copied; say so rather than fail the sync
+                warnings.warn(f"Synced run {run!r} to {dst.url}, but applying its retention policy there failed"
+                              f" ({exc}); run 'ckpt prune {run}' on that store.", RetentionWarning, stacklevel=3)
+                continue
             if result is not None and result.executed:
                 out["pruned"].extend(d.checkpoint.name for d in result.plan.remove)
     return SyncReport(
@@ -316,12 +323,13 @@ def _copy_settings(src: "Repository", dst: "Repository", run: str, *, dry_run: b
         return upsert(dst.docs, key, got[0])
 
 
-def _not_kept(src: "Repository", dst: "Repository", todo: list[CheckpointInfo]) -> set[str]:
+def _not_kept(src: "Repository", dst: "Repository", todo: list[CheckpointInfo], *, from_source: set[str]) -> set[str]:
     """Incoming checkpoints the destination's policy for their run would remove right after the copy: sending them
-    would only feed gc. Planned on what the run will hold there (its checkpoints and the incoming ones)."""
+    would only feed gc. Planned on what the run will hold there (its checkpoints and the incoming ones), with the
+    run's settings at the destination (at the source for the runs in `from_source`)."""
     out: set[str] = set()
     for run in sorted({c.run for c in todo}):
-        settings = retention.read_settings(dst, run)
+        settings = retention.read_settings(src if run in from_source else dst, run)
         if settings is None or settings.policy is None:
             continue
         incoming = [c for c in todo if c.run == run]
