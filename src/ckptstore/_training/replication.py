@@ -18,6 +18,7 @@ Rules, and why:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -158,4 +159,4 @@ def _flush_all_at_exit() -> None:
 
 # Registered after the saver's hook (this module imports saver first), so it runs before that one (hooks run last
 # registered first) and waits for the background saves itself.
-getattr(threading, "_register_atexit", __import__("atexit").register)(_flush_all_at_exit)
+getattr(threading, "_register_atexit", atexit.register)(_flush_all_at_exit)
