@@ -31,11 +31,13 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── RemoteStoreError (OSError)          a remote store's server, bucket or credentials failed a request
     ├── OutOfMemory (MemoryError)           not enough memory to load a checkpoint as asked
     ├── PolicyError (ValueError)            a retention policy that would delete everything, ...
-    └── ValidationFailed                    a checkpoint failed `validate`
+    ├── ValidationFailed                    a checkpoint failed `validate`
+    └── SyncConflict                        a sync found names or tags the destination holds for other checkpoints
 
     CompatibilityWarning (UserWarning)      a checkpoint saved by a newer transformers than the one installed
     RetentionWarning (UserWarning)          a save succeeded but housekeeping afterwards (policy, tags, gc) failed
     StepMismatchWarning (UserWarning)       a checkpoint-N folder saved under a name whose step its state denies
+    ReplicationWarning (UserWarning)        a background replication after a save failed (retried after the next)
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ __all__ = [
     "PolicyError",
     "ReferenceError_",
     "RemoteStoreError",
+    "ReplicationWarning",
     "RetentionWarning",
     "ShapeMismatch",
     "SourceNotFound",
@@ -70,6 +73,7 @@ __all__ = [
     "StoreLocked",
     "StoreNotFound",
     "StoreReadOnly",
+    "SyncConflict",
     "UnsafePickle",
     "UsageError",
     "ValidationFailed",
@@ -354,3 +358,23 @@ class RemoteStoreError(CkptError, OSError):
     def __init__(self, url: str, problem: str, *, hint: str | None = None) -> None:
         self.url = url
         super().__init__(f"Remote store {url}: {problem}", hint=hint)
+
+
+class SyncConflict(CkptError):
+    """A sync found names (or user tags) the destination holds for other checkpoints; it left them as they are and
+    copied everything else."""
+
+    def __init__(self, destination: str, conflicts: list[str]) -> None:
+        self.destination = destination
+        self.conflicts = list(conflicts)
+        shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
+        super().__init__(
+            f"{len(conflicts)} conflict(s) at {destination}, left as they are: {shown}.",
+            hint="Rename the checkpoint on one side ('ckpt mv'), or move the tag by hand; 'ckpt sync --move-tags'"
+            " moves user tags to follow the source.",
+        )
+
+
+class ReplicationWarning(UserWarning):
+    """Replicating a saved checkpoint to another store in the background failed; the checkpoint is saved in the
+    training store, and the next save (or the flush at the end of training) tries again."""

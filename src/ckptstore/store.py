@@ -17,15 +17,17 @@ from ._ops import gc as _gc, load as _load, verify as _verify
 from ._ops import annotate as _annotate, checkout as _checkout, diff as _diff, importing as _importing
 from ._ops import inspect as _inspect, listing as _listing, modelload as _modelload, runlog as _runlog
 from ._ops import validate as _validate
+from ._ops import sync as _sync
 from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
+from ._ops.sync import SyncReport
 from ._ops.verify import VerifyReport
 from ._repo import leases as _leases
 from ._repo.opening import backend_for, init_repository, open_repository, upgrade
 from ._repo.repository import Repository
 from .policies import RetentionPolicy
 
-__all__ = ["DeletePlan", "Store"]
+__all__ = ["DeletePlan", "Store", "SyncReport"]
 
 
 class Store:
@@ -380,3 +382,27 @@ class Store:
         from ._backend.blobcache import BlobCache
 
         return BlobCache().prune(max_bytes)
+    # -- sync between stores (push/pull) ----------------------------------------------------------------------------
+    def sync(self, dst: "Store | str | os.PathLike[str]", *refs: str, dry_run: bool = False, move_tags: bool = False,
+             replace_settings: bool = False, on_progress: Callable[[int], None] | None = None) -> SyncReport:
+        """Copy checkpoints (`refs`: names, ``RUN:TAG``, ids or whole runs; none: all) to the store `dst` (a Store,
+        a path, or a URL; created when missing), with their tags, metrics, annotations, lineage and run settings
+        (where `dst` has none for the run, or always with `replace_settings`), sending only the blobs it lacks.
+        Never overwrites a name `dst` holds for another checkpoint (the report's `conflicts`;
+        `report.raise_for_conflicts()`), never moves a user tag there unless `move_tags`, never brings back what
+        `dst` deleted; `dst` moves its latest/best and applies the run's policy. Returns a SyncReport (with
+        `dry_run`, what it would do, writing nothing)."""
+        options = dict(dry_run=dry_run, move_tags=move_tags, replace_settings=replace_settings,
+                       on_progress=on_progress)
+        if isinstance(dst, Store):
+            return _sync.sync(self._repo, dst._repo, refs, **options)
+        with Store.open(dst, create=not dry_run) as other:
+            return _sync.sync(self._repo, other._repo, refs, **options)
+
+    def sync_from(self, src: "Store | str | os.PathLike[str]", *refs: str, dry_run: bool = False,
+                  move_tags: bool = False, on_progress: Callable[[int], None] | None = None) -> SyncReport:
+        """`sync` the other way: copy checkpoints of `src` into this store. (`pull` brings a Hub model in.)"""
+        if isinstance(src, Store):
+            return src.sync(self, *refs, dry_run=dry_run, move_tags=move_tags, on_progress=on_progress)
+        with Store.open(src) as other:
+            return other.sync(self, *refs, dry_run=dry_run, move_tags=move_tags, on_progress=on_progress)

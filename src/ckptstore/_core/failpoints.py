@@ -42,6 +42,8 @@ The failpoints, in the order a save, a delete, a gc and a tag update reach them:
 ``policy.*``           ``policy.write``/``policy.fsync``/``policy.rename`` of a run's settings (set_policy)
 ``write.*``            ``write.write``/``write.fsync``/``write.rename`` of other documents (store.json, annotations)
 ``upgrade.claim``      before each name claim the format-1 -> 2 upgrade writes
+``sync.blob``          before each blob a sync reads from the source and sends to the destination
+``sync.commit``        after a sync made a checkpoint's blobs durable at the destination, before its manifest
 ``upgrade.config``     before the upgrade writes store.json with format 2
 =====================  ==========================================================================================
 

@@ -25,6 +25,7 @@ import torch
 from . import rng as _rng
 from . import statetree as _statetree
 from .preemption import SignalWatch
+from .replication import Replicator
 from .saver import AsyncSaver, Staging
 from .schedule import Clock, SaveSchedule
 from .._core.info import CheckpointInfo, ResumePoint
@@ -181,6 +182,10 @@ class CheckpointManager:
     either is due, the time counted from the last save, restore or the manager's creation); `clock` (default
     ``time.monotonic``) is what the time is read from.
 
+    With `replicate_to` (a Store, a path or a URL), every committed save is also copied to that store in a background
+    thread (training never waits; a failure is a ReplicationWarning, retried after the next save; `close` waits for
+    it), and that store applies the run's policy too.
+
     With `save_on_signal` (the default), the first `step_boundary` call installs handlers for SIGTERM and SIGUSR1;
     after one arrives, the next `step_boundary` saves the step, waits for the commit and exits (see preemption.py).
     """
@@ -199,6 +204,7 @@ class CheckpointManager:
         save_every_seconds: float | None = None,
         clock: Clock | None = None,
         save_on_signal: bool = True,
+        replicate_to: Store | str | os.PathLike[str] | None = None,
     ) -> None:
         self.schedule = SaveSchedule(save_every_steps, save_every_seconds, clock)
         self.store = store if isinstance(store, Store) else Store.open(store, create=True)
@@ -214,6 +220,8 @@ class CheckpointManager:
         self._staging = Staging() if async_save else None
         self._restored_step: int | None = None  # the step `restore` went back to, if it did
         self._parent: str | None = None  # what training went on from: the last checkpoint restored or saved here
+        # Each committed save is copied to `replicate_to` in the background (see replication.py); None: no copy.
+        self.replicator = Replicator(self.store, replicate_to, self.run, gc=gc) if replicate_to is not None else None
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.store!r}, {self.run!r}, async_save={self._saver is not None})"
@@ -299,6 +307,8 @@ class CheckpointManager:
     def _after_save(self, store: Store, info: CheckpointInfo) -> None:
         if self.gc and store.get_policy(self.run) is not None:
             housekeeping_gc(store, info)
+        if self.replicator is not None:
+            self.replicator.request()
 
     def wait(self) -> CheckpointInfo | None:
         """Block until the save in flight (if any) is committed; return its record, or raise its error."""
@@ -312,8 +322,12 @@ class CheckpointManager:
             if self._saver is not None:
                 self._saver.close()
         finally:
-            if self._signals is not None:
-                self._signals.uninstall()
+            try:
+                if self.replicator is not None:
+                    self.replicator.flush()  # every save so far copied (failures were warned about)
+            finally:
+                if self._signals is not None:
+                    self._signals.uninstall()
 
     # -- preemption ------------------------------------------------------------------------------------------------
     @property

@@ -34,6 +34,7 @@ COMMANDS = [
     ("cmd_prune", "prune"),
     ("cmd_policy", "policy"),
     ("cmd_gc", "gc"),
+    ("cmd_sync", "sync"),
     ("cmd_du", "du"),
     ("cmd_fsck", "fsck"),
     ("cmd_import", "import_"),

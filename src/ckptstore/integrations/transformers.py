@@ -35,6 +35,7 @@ from .._core.names import check_run
 from .._core.trainer_log import CHECKPOINT_DIR, metrics_at_step
 from .._training.manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
 from .._training.preemption import SignalWatch
+from .._training.replication import Replicator
 from .._training.saver import AsyncSaver
 from .._training.schedule import Clock, SaveSchedule
 from ..errors import InvalidArgument, SourceNotFound
@@ -57,7 +58,10 @@ class CheckpointCallback(TrainerCallback):
     the folder is hard-linked into a staging folder and stored by a background thread while training goes on.
     `gc` frees the blobs of checkpoints the policy removed. `save_every_minutes` makes Trainer save whenever that
     much time has passed since its last save (or the start of training), whatever ``save_steps`` says; `clock`
-    (default ``time.monotonic``, in seconds) is what the time is read from.
+    (default ``time.monotonic``, in seconds) is what the time is read from. With `replicate_to` (a Store, a path or
+    a URL), each stored checkpoint is copied to that store in a background thread (a failure is a
+    ReplicationWarning, retried after the next save; the end of training waits for the copy), and that store
+    applies the run's policy too.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class CheckpointCallback(TrainerCallback):
         save_every_minutes: float | None = None,
         clock: Clock | None = None,
         save_on_signal: bool = True,
+        replicate_to: Store | str | os.PathLike[str] | None = None,
     ) -> None:
         self._schedule = SaveSchedule(
             None, save_every_minutes * 60 if _is_number(save_every_minutes) else save_every_minutes, clock,
@@ -90,6 +95,8 @@ class CheckpointCallback(TrainerCallback):
             self.store.set_policy(self.run, policy)
         self.store.register_run(self.run)
         self._saver = AsyncSaver(self.store, f"ckptstore-save {self.run}") if async_save else None
+        # Each stored checkpoint is copied to `replicate_to` in the background (see _training/replication.py).
+        self.replicator = Replicator(self.store, replicate_to, self.run, gc=gc) if replicate_to is not None else None
         self._stored: dict[Path, str] = {}  # local folder -> id, for folders this callback has stored
         self._pending: Path | None = None  # the folder an async save is storing
         self.last_saved: CheckpointInfo | None = None
@@ -198,6 +205,8 @@ class CheckpointCallback(TrainerCallback):
                 self._saver.close()  # waits for the save in flight
             if args.should_save:
                 self._cleanup_local(args, state)
+            if self.replicator is not None:
+                self.replicator.flush()  # every checkpoint of this training copied (failures were warned about)
         finally:
             if self._signals is not None and self._signals.signum is None:
                 self._signals.uninstall()
@@ -234,6 +243,8 @@ class CheckpointCallback(TrainerCallback):
         info = save_after(store, folder, name, self.run, parent, **kwargs)
         if self.gc and store.get_policy(self.run) is not None:
             housekeeping_gc(store, info)
+        if self.replicator is not None:
+            self.replicator.request()  # returns at once: the copy runs in the background
         return info
 
     def _stored_ok(self, folder: Path, info: CheckpointInfo) -> None:
