@@ -10,18 +10,19 @@ joins every test by adding its factory there and its pairs to PAIRS.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from conformance.memory_backend import MemoryBackend
 from conftest import make_tiny_bert
 from storefiles import blob_path
 
 from ckptstore import CorruptObject, Store
 from ckptstore.errors import StoreNotFound, SyncConflict
 from ckptstore.policies import RetentionPolicy
-from conformance.memory_backend import MemoryBackend
 
 
 def _local(tmp_path: Path, label: str) -> Store:
@@ -32,13 +33,24 @@ def _memory(tmp_path: Path, label: str) -> Store:
     return Store.on(MemoryBackend(), create=True)
 
 
-STORES: dict[str, Callable[[Path, str], Store]] = {"local": _local, "memory": _memory}
-PAIRS = [("local", "local"), ("local", "memory"), ("memory", "local"), ("memory", "memory")]
+def _s3(tmp_path: Path, label: str) -> Store:
+    # the pair fixture has made a bucket on the session's moto server and pointed the AWS variables at it
+    return Store.init(f"{os.environ['CKPT_TEST_S3_URL']}-{label}")
+
+
+STORES: dict[str, Callable[[Path, str], Store]] = {"local": _local, "memory": _memory, "s3": _s3}
+PAIRS = [("local", "local"), ("local", "memory"), ("memory", "local"), ("memory", "memory"), ("local", "s3"),
+         ("s3", "local")]
 
 
 @pytest.fixture(params=PAIRS, ids=lambda p: f"{p[0]}-to-{p[1]}")
 def pair(request, tmp_path):
     """(source, destination): two empty stores on the backends of this parameter."""
+    if "s3" in request.param:
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("CKPT_TEST_S3_URL", request.getfixturevalue("s3_url"))
+        # gc's grace period for remote blobs is tested in test_remote_store_faults; here gc sweeps at once
+        monkeypatch.setenv("CKPT_REMOTE_GC_GRACE_SECONDS", "0")
     made = [STORES[request.param[0]](tmp_path, "src"), STORES[request.param[1]](tmp_path, "dst")]
     yield made
     for s in made:

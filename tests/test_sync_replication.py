@@ -9,19 +9,20 @@ a factory; object storage joins by adding its own).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from conformance.memory_backend import MemoryBackend
 from conftest import make_tiny_bert
 
 from ckptstore import CheckpointManager, Store
 from ckptstore._core import failpoints
 from ckptstore.errors import ReplicationWarning
 from ckptstore.policies import RetentionPolicy
-from conformance.memory_backend import MemoryBackend
 
 
 def _local(tmp_path: Path) -> Store | str:
@@ -32,11 +33,17 @@ def _memory(tmp_path: Path) -> Store | str:
     return Store.on(MemoryBackend(), create=True)
 
 
-DESTINATIONS: dict[str, Callable[[Path], Store | str]] = {"local": _local, "memory": _memory}
+def _s3(tmp_path: Path) -> Store | str:
+    return os.environ["CKPT_TEST_S3_URL"]  # a URL: the replicator opens (and creates) the store itself
+
+
+DESTINATIONS: dict[str, Callable[[Path], Store | str]] = {"local": _local, "memory": _memory, "s3": _s3}
 
 
 @pytest.fixture(params=sorted(DESTINATIONS))
 def destination(request, tmp_path):
+    if request.param == "s3":
+        request.getfixturevalue("monkeypatch").setenv("CKPT_TEST_S3_URL", request.getfixturevalue("s3_url"))
     dest = DESTINATIONS[request.param](tmp_path)
     yield dest
     if isinstance(dest, Store):
