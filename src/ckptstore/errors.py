@@ -18,6 +18,9 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     │   ├── CheckpointNotFound              unknown name, tag or id prefix (with "did you mean")
     │   └── AmbiguousReference              an id prefix that matches several checkpoints
     ├── NameExists (FileExistsError)        a checkpoint with that name is already stored
+    ├── CollectionNotFound (LookupError)    an unknown collection (with "did you mean")
+    ├── CollectionExists (FileExistsError)  a collection of that name already exists
+    ├── InCollection                        a delete of checkpoints collections hold, without force
     ├── InvalidCheckpoint (ValueError)      what was given is not a loadable checkpoint
     │   ├── IncompleteCheckpoint            weights without config.json, shards missing, ...
     │   ├── InvalidSafetensors              a header or layout that breaks the safetensors format
@@ -46,9 +49,12 @@ __all__ = [
     "AmbiguousReference",
     "CheckpointNotFound",
     "CkptError",
+    "CollectionExists",
+    "CollectionNotFound",
     "CompatibilityWarning",
     "CorruptObject",
     "DestinationNotEmpty",
+    "InCollection",
     "IncompatibleFormat",
     "IncompleteCheckpoint",
     "InvalidArgument",
@@ -305,3 +311,34 @@ class CompatibilityWarning(UserWarning):
 class StepMismatchWarning(UserWarning):
     """A Trainer checkpoint folder was saved under a name whose step differs from its trainer_state.json's
     global_step: one of the two is probably a mistake (a renamed or copied folder, a typo in the name)."""
+
+
+class CollectionNotFound(ReferenceError_):
+    """A collection name that no collection has (with "did you mean")."""
+
+    def __init__(self, name: str, candidates: tuple[str, ...] = ()) -> None:
+        super().__init__(f"Unknown collection {name!r}." + did_you_mean(candidates), ref=name, candidates=candidates,
+                         hint="Run 'ckpt collection ls' to see the collections, or create it with"
+                         f" 'ckpt collection create {name}'.")
+
+
+class CollectionExists(CkptError, FileExistsError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"A collection named {name!r} already exists.",
+                         hint=f"Add checkpoints to it ('ckpt collection add {name} REF'), or choose another name.")
+
+
+class InCollection(CkptError):
+    """A delete of checkpoints that collections hold: refused unless forced, which also takes them out."""
+
+    def __init__(self, members: dict[str, tuple[str, list[str]]]) -> None:
+        # members: id -> (name, collections holding it)
+        self.members = members
+        shown = "; ".join(f"{name} is in {', '.join(cols)}" for name, cols in list(members.values())[:3])
+        more = f" (and {len(members) - 3} more)" if len(members) > 3 else ""
+        super().__init__(
+            f"Not removed: {shown}{more}.",
+            hint="Take it out first ('ckpt collection rm COLLECTION REF'), or pass --force (force=True) to remove it"
+            " from its collections and delete it.",
+        )
