@@ -337,8 +337,9 @@ class InCollection(CkptError):
         self.members = members
         shown = "; ".join(f"{name} is in {', '.join(cols)}" for name, cols in list(members.values())[:3])
         more = f" (and {len(members) - 3} more)" if len(members) > 3 else ""
+        name, cols = next(iter(members.values()))
         super().__init__(
             f"Not removed: {shown}{more}.",
-            hint="Take it out first ('ckpt collection rm COLLECTION REF'), or pass --force (force=True) to remove it"
-            " from its collections and delete it.",
+            hint=f"Take it out first ('ckpt collection rm {cols[0]} {name}'), or pass --force (force=True) to take it"
+            " out of its collections and delete it.",
         )

@@ -41,6 +41,8 @@ COMMANDS = [
     ("cmd_log", "log"),
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
+    ("cmd_collection", "collection"),
+    ("cmd_info", "info"),
     ("cmd_completion", "completion"),
 ]
 
