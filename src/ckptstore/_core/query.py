@@ -25,7 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, did_you_mean
+from .suggest import close_matches
 
 OPERATORS = ("==", "!=", "<=", ">=", "=", "<", ">", "~")
 TEXT_KEYS = ("model_type", "architecture", "dtype", "tag", "name", "run")
@@ -105,4 +106,12 @@ def parse_condition(text: str) -> Condition:
         return Condition(key, op, _number(raw, _COUNT_SUFFIX, "a count", text), text)
     if key == "size":
         return Condition(key, op, _number(raw, _BYTE_SUFFIX, "a size", text), text)
-    return Condition(key, op, _number(raw, {"": 1}, "a number", text), text)
+    try:
+        return Condition(key, op, _number(raw, {"": 1}, "a number", text), text)
+    except InvalidArgument as exc:
+        # A metric compared with text is most often a misspelt text key ('model_tpye=bert').
+        close = close_matches(key, KEYS)
+        if close:
+            exc.message = f"--where {text!r}: {key!r} is no key, and a metric takes a number." + did_you_mean(close)
+            exc.args = (exc.message,)
+        raise
