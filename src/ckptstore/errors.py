@@ -16,9 +16,9 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── IncompatibleFormat                  store.json or a manifest from another format version
     ├── ReferenceError_ (LookupError)
     │   ├── CheckpointNotFound              unknown name, tag or id prefix (with "did you mean")
-    │   └── AmbiguousReference              an id prefix that matches several checkpoints
+    │   ├── AmbiguousReference              an id prefix that matches several checkpoints
+    │   └── CollectionNotFound              an unknown collection (with "did you mean")
     ├── NameExists (FileExistsError)        a checkpoint with that name is already stored
-    ├── CollectionNotFound (LookupError)    an unknown collection (with "did you mean")
     ├── CollectionExists (FileExistsError)  a collection of that name already exists
     ├── InCollection                        a delete of checkpoints collections hold, without force
     ├── InvalidCheckpoint (ValueError)      what was given is not a loadable checkpoint
