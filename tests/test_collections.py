@@ -214,3 +214,34 @@ def test_collections_of_a_checkpoint_and_json(store, folders):
     reopened = Store.open(store.root)
     assert reopened.collection("b").ids == (store.resolve("run/step-1"),)
     reopened.close()
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("point, still_stored, still_held", [
+    ("write.rename:kill@1", True, True),      # killed writing the collection: nothing changed yet
+    ("delete.log:kill@1", True, False),       # out of its collection, not yet deleted
+    ("delete.manifest:kill@1", True, False),   # deletion recorded, the checkpoint still whole
+    ("name.release:kill@1", False, False),     # manifest removed, the claim not yet: deleted
+])
+def test_a_forced_rm_killed_midway_never_leaves_a_collection_holding_a_deleted_checkpoint(
+        store, folders, point, still_stored, still_held):
+    from conftest import run_ckpt_subprocess
+
+    store.save(folders[1], "run/step-1")
+    store.save(folders[2], "run/step-2")
+    store.collection_create("c")
+    store.collection_add("c", "run/step-1")
+    store.close()
+    killed = run_ckpt_subprocess("rm", "run/step-1", "--force", "--store", store.root,
+                                 env={"CKPT_FAILPOINT": point})
+    assert killed.returncode == -9, killed.stderr
+    after = Store.open(store.root)
+    assert after.has("run/step-1") is still_stored
+    assert (after.collection("c").ids != ()) is still_held
+    assert all(i.exists for i in after.collection("c").items)
+    assert after.verify().ok
+    done = run_ckpt_subprocess("rm", "run/step-1", "--force", "--store", store.root)
+    assert done.returncode == 0 or not still_stored, done.stderr
+    after.refresh()
+    assert not after.has("run/step-1") and after.collection("c").items == () and after.has("run/step-2")
+    after.close()
