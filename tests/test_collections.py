@@ -93,7 +93,8 @@ def test_rm_refuses_a_collected_checkpoint_and_force_takes_it_out(store, folders
 
     r = ckpt("rm", "run/step-1", "--force", store=store.root)
     assert r.code == 0, r.err
-    assert "Took run/step-1 out of collection ablation" in r.err and "Took run/step-1 out of collection release" in r.err
+    assert "Took run/step-1 out of collection ablation" in r.err
+    assert "Took run/step-1 out of collection release" in r.err
     assert "Removed run/step-1" in r.err
     assert [i.name for i in store.collection("ablation").items] == ["other/step-1"]
     assert store.collection("release").items == ()
@@ -245,3 +246,20 @@ def test_a_forced_rm_killed_midway_never_leaves_a_collection_holding_a_deleted_c
     after.refresh()
     assert not after.has("run/step-1") and after.collection("c").items == () and after.has("run/step-2")
     after.close()
+
+
+def test_a_damaged_collection_document_stops_prune_and_rm_and_is_named(store, folders, ckpt):
+    """A prune or delete that cannot read a collection cannot know what it protects: it fails, deleting nothing."""
+    from ckptstore.errors import CorruptObject
+
+    for step in (1, 2, 3):
+        store.save(folders[step], f"run/step-{step}")
+    (store.root / "collections").mkdir(exist_ok=True)
+    (store.root / "collections" / "broken.json").write_text('{"format": 1, "name": "broken", "items": [')
+    with pytest.raises(CorruptObject, match="collections/broken.json"):
+        store.prune("run", RetentionPolicy(keep_last=1))
+    with pytest.raises(CorruptObject):
+        store.delete("run/step-1")
+    assert len(store.list()) == 3
+    r = ckpt("collection", "show", "broken", store=store.root)
+    assert r.code == 1 and "Collection document collections/broken.json is damaged" in r.err

@@ -57,7 +57,8 @@ def test_info_without_a_card_derives_pipeline_and_lists_collections(store, ckpt)
     assert mi.parameters == sum(p.numel() for p in model.parameters())
     assert mi.card_data is None and mi.card_summary is None and mi.collections == ("release",)
     assert set(mi.store_tags) == {"sst2:v1", "sst2:latest"} and mi.metrics == {"eval_accuracy": 0.75}
-    assert [f.path for f in mi.files] == ["config.json", "model.safetensors"] and all(f.sha256 is None for f in mi.files)
+    assert [f.path for f in mi.files] == ["config.json", "model.safetensors"]
+    assert all(f.sha256 is None for f in mi.files)
     r = ckpt("info", "sst2:v1", store=store.root)
     assert r.code == 0
     rows = {line.split(None, 1)[0]: line.split(None, 1)[1].strip() for line in r.out.splitlines()

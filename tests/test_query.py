@@ -99,7 +99,8 @@ def test_annotated_metrics_are_what_where_sees(qstore):
 @pytest.mark.parametrize("expr, message, hint", [
     ("eval_acuracy>=0.9", "no checkpoint records the metric 'eval_acuracy'. Did you mean 'eval_accuracy'?",
      "Keys: model_type"),
-    ("model_tpye=bert", "'model_tpye' is no key, and a metric takes a number. Did you mean 'model_type'?", "KEY OP VALUE"),
+    ("model_tpye=bert", "'model_tpye' is no key, and a metric takes a number. Did you mean 'model_type'?",
+     "KEY OP VALUE"),
     ("model_type", "Cannot read --where 'model_type'.", "KEY OP VALUE"),
     ("parameters>lots", "'lots' is not a count", "units: k, m, b"),
     ("eval_accuracy>=high", "'high' is not a number", "KEY OP VALUE"),

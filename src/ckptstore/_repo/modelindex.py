@@ -96,8 +96,8 @@ def _clause(cond: Condition) -> tuple[str, list]:
     else:  # tag: TAG or RUN:TAG
         tag = _text_match("t.tag", positive)
         full = _text_match("t.run || ':' || t.tag", positive)
-        return (("NOT " if op == "!=" else "") + f"EXISTS (SELECT 1 FROM tags t WHERE t.id = c.id AND ({tag} OR {full}))",
-                [value, value])
+        sql = f"EXISTS (SELECT 1 FROM tags t WHERE t.id = c.id AND ({tag} OR {full}))"
+        return ("NOT " if op == "!=" else "") + sql, [value, value]
     return ("NOT " if op == "!=" else "") + sql, [value]
 
 
