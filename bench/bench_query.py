@@ -129,7 +129,8 @@ def main() -> None:
     for name, (b, o, what) in rows.items():
         mb, mo = statistics.median(times[b]), statistics.median(times[o])
         print(f"{name:8}{mb * 1000:10.1f} ms{mo * 1000:10.1f} ms{mo / mb:8.2f}x  vs {what}")
-        medians[name] = {"baseline": what, "baseline_s": round(mb, 5), "ours_s": round(mo, 5), "ratio": round(mo / mb, 3)}
+        medians[name] = {"baseline": what, "baseline_s": round(mb, 5), "ours_s": round(mo, 5),
+                         "ratio": round(mo / mb, 3)}
         ours = "prune with 20 collections" if name == "prune" else "`store.query` (`ls --where`)"
         table.append([name, f"{what} {mb * 1000:.1f} ms", f"{ours} {mo * 1000:.1f} ms", f"{mo / mb:.2f}x"])
     _common.write_results(
