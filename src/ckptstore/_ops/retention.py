@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from .._core.names import check_run
 from .._format.settings import DEFAULT_BEST_METRIC, RunSettings
 from .._repo import leases
-from . import collections
 from .._repo.documents import settings_key, upsert
 from ..errors import InvalidArgument, PolicyError
 from ..policies import BestN, RetentionPlan, RetentionPolicy, latest_of
+from . import collections
 
 if TYPE_CHECKING:
     from .._repo.repository import Repository
