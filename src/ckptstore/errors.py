@@ -16,8 +16,11 @@ line each and exits with ``exit_code`` (2 for a command called wrongly, 1 for a 
     ├── IncompatibleFormat                  store.json or a manifest from another format version
     ├── ReferenceError_ (LookupError)
     │   ├── CheckpointNotFound              unknown name, tag or id prefix (with "did you mean")
-    │   └── AmbiguousReference              an id prefix that matches several checkpoints
+    │   ├── AmbiguousReference              an id prefix that matches several checkpoints
+    │   └── CollectionNotFound              an unknown collection (with "did you mean")
     ├── NameExists (FileExistsError)        a checkpoint with that name is already stored
+    ├── CollectionExists (FileExistsError)  a collection of that name already exists
+    ├── InCollection                        a delete of checkpoints collections hold, without force
     ├── InvalidCheckpoint (ValueError)      what was given is not a loadable checkpoint
     │   ├── IncompleteCheckpoint            weights without config.json, shards missing, ...
     │   ├── InvalidSafetensors              a header or layout that breaks the safetensors format
@@ -49,9 +52,12 @@ __all__ = [
     "AmbiguousReference",
     "CheckpointNotFound",
     "CkptError",
+    "CollectionExists",
+    "CollectionNotFound",
     "CompatibilityWarning",
     "CorruptObject",
     "DestinationNotEmpty",
+    "InCollection",
     "IncompatibleFormat",
     "IncompleteCheckpoint",
     "InvalidArgument",
@@ -378,3 +384,35 @@ class SyncConflict(CkptError):
 class ReplicationWarning(UserWarning):
     """Replicating a saved checkpoint to another store in the background failed; the checkpoint is saved in the
     training store, and the next save (or the flush at the end of training) tries again."""
+
+
+class CollectionNotFound(ReferenceError_):
+    """A collection name that no collection has (with "did you mean")."""
+
+    def __init__(self, name: str, candidates: tuple[str, ...] = ()) -> None:
+        super().__init__(f"Unknown collection {name!r}." + did_you_mean(candidates), ref=name, candidates=candidates,
+                         hint="Run 'ckpt collection ls' to see the collections, or create it with"
+                         f" 'ckpt collection create {name}'.")
+
+
+class CollectionExists(CkptError, FileExistsError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"A collection named {name!r} already exists.",
+                         hint=f"Add checkpoints to it ('ckpt collection add {name} REF'), or choose another name.")
+
+
+class InCollection(CkptError):
+    """A delete of checkpoints that collections hold: refused unless forced, which also takes them out."""
+
+    def __init__(self, members: dict[str, tuple[str, list[str]]]) -> None:
+        # members: id -> (name, collections holding it)
+        self.members = members
+        shown = "; ".join(f"{name} is in {', '.join(cols)}" for name, cols in list(members.values())[:3])
+        more = f" (and {len(members) - 3} more)" if len(members) > 3 else ""
+        name, cols = next(iter(members.values()))
+        super().__init__(
+            f"Not removed: {shown}{more}.",
+            hint=f"Take it out first ('ckpt collection rm {cols[0]} {name}'), or pass --force (force=True) to take it"
+            " out of its collections and delete it.",
+        )

@@ -676,6 +676,7 @@ class RetentionPolicy:
         protected_ids: Iterable[str] = frozenset(),
         protected_tags: Iterable[str] = DEFAULT_PROTECTED_TAGS,
         run_best: tuple[str, str] | None = None,
+        pinned: Mapping[str, Iterable[str]] | None = None,
     ) -> RetentionPlan:
         """Decide, for every checkpoint of one run, whether it stays and why.
 
@@ -684,6 +685,8 @@ class RetentionPolicy:
         `run_best` is the (metric, mode) the run's ``best`` tag follows (Trainer's metric_for_best_model): the best
         checkpoint by it always stays, whatever the rules say, so the best is never lost to keep_last alone or
         to keep_best ranking by another metric.
+        `pinned` maps ids kept for a reason outside the run (a collection holds them) to that reason; they
+        always stay, with it in the plan.
         """
         ordered = _ordered(_validated(checkpoints))
         trained = [c for c in ordered if made_on_purpose(c) is None]  # what the step rules count
@@ -713,6 +716,8 @@ class RetentionPolicy:
             add({c.id: [f"the run's best by {metric} ({_better(mode)})"] for c in best}, protect=True)
         in_use = {c.id: ["in use (an unfinished save or a running resume)"] for c in ordered if c.id in pinned_ids}
         add(in_use, protect=True)
+        if pinned:
+            add({c.id: list(pinned[c.id]) for c in ordered if c.id in pinned}, protect=True)
         if not rules and self.max_bytes:
             add({c.id: [f"within the {human_bytes(self.max_bytes)} budget"] for c in ordered}, protect=False)
 

@@ -18,6 +18,10 @@ from ._ops import annotate as _annotate, checkout as _checkout, diff as _diff, i
 from ._ops import inspect as _inspect, listing as _listing, modelload as _modelload, runlog as _runlog
 from ._ops import validate as _validate
 from ._ops import sync as _sync
+from ._ops import collections as _collections, family as _family, modelinfo as _modelinfo, query as _query
+from ._core.collection import Collection
+from ._core.family import FamilyMember
+from ._core.modelinfo import ModelInfo
 from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
 from ._ops.sync import SyncReport
@@ -276,9 +280,10 @@ class Store:
         return self._repo.info(_annotate.annotate(self._repo, ref, metrics=metrics, metadata=metadata, message=message))
 
     # -- removing -----------------------------------------------------------------------------------------------
-    def delete(self, refs: str | Iterable[str], *, dry_run: bool = False) -> DeletePlan:
-        """Remove checkpoints and their tags; their blobs stay until `gc`. Returns the plan."""
-        return _delete.delete(self._repo, refs, dry_run=dry_run)
+    def delete(self, refs: str | Iterable[str], *, dry_run: bool = False, force: bool = False) -> DeletePlan:
+        """Remove checkpoints and their tags; their blobs stay until `gc`. Returns the plan. A checkpoint a
+        collection holds is refused (InCollection) unless `force`, which takes it out of its collections."""
+        return _delete.delete(self._repo, refs, dry_run=dry_run, force=force)
 
     def gc(self, *, dry_run: bool = False, timeout: float = 60.0) -> GcPlan:
         """Delete blobs no checkpoint references, and leftovers of interrupted writes."""
@@ -354,6 +359,7 @@ class Store:
         from ._ops.hub import pull
 
         return pull(self._repo, spec, name=name, token=token, progress=progress)
+
     # -- remote stores (object storage) and the local blob cache ------------------------------------------------------
     @classmethod
     def exists(cls, path: str | os.PathLike[str] | None = None) -> bool:
@@ -382,6 +388,7 @@ class Store:
         from ._backend.blobcache import BlobCache
 
         return BlobCache().prune(max_bytes)
+
     # -- sync between stores (push/pull) ----------------------------------------------------------------------------
     def sync(self, dst: "Store | str | os.PathLike[str]", *refs: str, dry_run: bool = False, move_tags: bool = False,
              replace_settings: bool = False, on_progress: Callable[[int], None] | None = None) -> SyncReport:
@@ -406,3 +413,47 @@ class Store:
             return src.sync(self, *refs, dry_run=dry_run, move_tags=move_tags, on_progress=on_progress)
         with Store.open(src) as other:
             return other.sync(self, *refs, dry_run=dry_run, move_tags=move_tags, on_progress=on_progress)
+
+    # -- sharing: collections, families, model info and queries -----------------------------------------------------
+    def collection_create(self, name: str, description: str | None = None) -> Collection:
+        """A new, empty collection: a named, ordered group of checkpoints across runs, kept by retention."""
+        return _collections.create(self._repo, name, description)
+
+    def collection_add(self, name: str, ref: str, *, note: str | None = None) -> Collection:
+        """Append the checkpoint `ref` names to the collection (a second add only replaces its note)."""
+        return _collections.add(self._repo, name, ref, note)[0]
+
+    def collection_remove(self, name: str, refs: str | Iterable[str]) -> Collection:
+        """Take checkpoints out of the collection; the checkpoints stay in the store."""
+        return _collections.remove(self._repo, name, refs)[0]
+
+    def collection_delete(self, name: str) -> Collection:
+        """Delete the collection (not its checkpoints). Returns what it held."""
+        return _collections.delete(self._repo, name)
+
+    def collection(self, name: str) -> Collection:
+        return _collections.get(self._repo, name)
+
+    def collections(self, ref: str | None = None) -> list[Collection]:
+        """Every collection, by name; those holding the checkpoint `ref` names, when given."""
+        found = _collections.all_collections(self._repo)
+        if ref is None:
+            return found
+        cid = self.resolve(ref)
+        return [c for c in found if cid in c.ids]
+
+    def family(self, ref: str) -> list[FamilyMember]:
+        """The model's family from lineage: its base, fine-tunes, conversions and further checkpoints, in tree
+        order (see FamilyMember)."""
+        return _family.family(self._repo, ref)
+
+    def model_info(self, ref: str, *, sha256: bool = False) -> ModelInfo:
+        """What huggingface_hub's model_info gives for a Hub model: architecture, pipeline tag, parameters, dtypes,
+        size, tags, card summary, files with sizes and hashes (`sha256` reads every byte to add SHA-256s)."""
+        return _modelinfo.model_info(self._repo, ref, sha256=sha256)
+
+    def query(self, where: str | Iterable[str], *, run: str | None = None, sort: str | None = None,
+              reverse: bool = False) -> list[CheckpointInfo]:
+        """Checkpoints meeting every condition ``KEY OP VALUE`` (``"eval_accuracy>=0.9"``, ``"model_type=bert"``;
+        keys and operators in ckptstore._core.query), answered by the index."""
+        return _query.query(self._repo, where, run=run, sort=sort, reverse=reverse)

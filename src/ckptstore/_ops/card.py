@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from .._core.info import CheckpointInfo, human_bytes
+from .._core.pipeline import pipeline_for
 from . import load as _load
 from .inspect import count_parameters
 from .usage import lineage
@@ -84,21 +85,13 @@ def base_model(chain: list[CheckpointInfo | str]) -> str | None:
     return None
 
 
-def pipeline_tag(architectures: list[str]) -> str | None:
-    """The Hub task of the first architecture transformers maps to one (BertForSequenceClassification:
-    text-classification), read from the tables Trainer's own model cards use; a bare encoder is feature-extraction."""
-    from transformers.modelcard import TASK_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
-    def names(mapping: dict[str, Any]) -> set[str]:
-        return {n for v in mapping.values() for n in (v if isinstance(v, (list, tuple)) else (v,))}
-
+def pipeline_tag(architectures: list[str], model_type: str | None = None) -> str | None:
+    """The Hub task of the first architecture that maps to one (BertForSequenceClassification: text-classification;
+    a bare encoder: feature-extraction), by the rules `ckpt info` uses."""
     for arch in architectures:
-        for task, mapping in TASK_MAPPING.items():
-            if arch in names(mapping):
-                return task
-        if arch in names(MODEL_MAPPING_NAMES):
-            return "feature-extraction"
+        task, _ = pipeline_for(arch, model_type)
+        if task:
+            return task
     return None
 
 
@@ -237,7 +230,8 @@ def model_card(repo: "Repository", ref: str) -> "ModelCard":
     own_data = _own_card_data(repo, manifest) if hub_source(info) else None
     own = own_data.to_dict() if own_data is not None else {}
     base = base_model(chain) or _hub_id(own.get("base_model"))
-    task = pipeline_tag(list(manifest.model.get("architectures") or [])) or own.get("pipeline_tag")
+    architectures = list(manifest.model.get("architectures") or [])
+    task = pipeline_tag(architectures, manifest.model.get("model_type")) or own.get("pipeline_tag")
     state = trainer_state(repo, manifest)
     params = count_parameters(manifest)
     tags = ["ckptstore"]

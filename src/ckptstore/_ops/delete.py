@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .._core.info import CheckpointInfo
 from .._core.names import RESERVED_TAGS
 from .._repo import annotations
-from . import retention
+from . import collections, retention
 
 if TYPE_CHECKING:
     from .._repo.repository import Repository
@@ -30,6 +30,8 @@ class DeletePlan:
     tags: tuple[str, ...]  # "run:tag"
     reclaimable_bytes: int
     executed: bool = False
+    # (checkpoint name, collection) for each collection a forced delete takes a checkpoint out of
+    collections: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -38,31 +40,42 @@ class DeletePlan:
             "ids": [c.id for c in self.checkpoints],
             "tags": list(self.tags),
             "reclaimable_bytes": self.reclaimable_bytes,
+            "collections": [{"name": n, "collection": c} for n, c in self.collections],
         }
 
 
-def delete(repo: "Repository", refs: str | Iterable[str], *, dry_run: bool = False) -> DeletePlan:
+def delete(repo: "Repository", refs: str | Iterable[str], *, dry_run: bool = False, force: bool = False
+           ) -> DeletePlan:
     if isinstance(refs, str):
         refs = [refs]
     ids = list(dict.fromkeys(repo.resolve(r) for r in refs))
-    return delete_ids(repo, ids, dry_run=dry_run)
+    return delete_ids(repo, ids, dry_run=dry_run, force=force)
 
 
-def delete_ids(repo: "Repository", ids: list[str], *, dry_run: bool) -> DeletePlan:
+def _released(infos: tuple[CheckpointInfo, ...], held: dict[str, list[str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((c.name, col) for c in infos for col in held.get(c.id, ()))
+
+
+def delete_ids(repo: "Repository", ids: list[str], *, dry_run: bool, force: bool = False) -> DeletePlan:
+    """Remove the checkpoints `ids`. Those a collection holds are refused (InCollection), a dry run too, unless
+    `force`, which takes them out of their collections first."""
     cat = repo.catalog
     infos = tuple(cat.infos(ids=ids))
     # latest and best of a run that keeps checkpoints move to one of those; they go only with its last one.
     emptied = {r for r in {c.run for c in infos} if cat.run_ids(r) <= set(ids)}
     tags = tuple(f"{r}:{t}" for (r, t), i in sorted(cat.tags().items())
                  if i in set(ids) and (t not in RESERVED_TAGS or r in emptied))
-    plan = DeletePlan(infos, tags, cat.exclusive_bytes(ids))
+    held = collections.guard_delete(repo, ids, force=force)
+    plan = DeletePlan(infos, tags, cat.exclusive_bytes(ids), collections=_released(infos, held))
     if dry_run or not ids:
         return plan
     with repo.writing(), repo.commit_lock():
+        held = collections.guard_delete(repo, ids, force=force)  # again: one may have been added meanwhile
+        collections.release(repo, held)
         remove_locked(repo, ids)
         # The runs' latest and best move to what is left, as after a prune, rather than vanish.
         retention.update_tags_locked(repo, {c.run for c in infos})
-    return DeletePlan(infos, tags, plan.reclaimable_bytes, executed=True)
+    return DeletePlan(infos, tags, plan.reclaimable_bytes, executed=True, collections=_released(infos, held))
 
 
 def remove_locked(repo: "Repository", ids: list[str]) -> None:

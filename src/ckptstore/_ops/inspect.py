@@ -6,46 +6,15 @@ reads a few kilobytes of JSON, no weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import load as _load
+from .._format.modelfacts import count_parameters, is_parameter, model_weight_files as _weights  # noqa: F401
+from .._format.modelfacts import weight_tensors as _weight_tensors
 from .usage import lineage
 
 if TYPE_CHECKING:
-    from .._format.manifest import FileEntry, Manifest, TensorEntry
+    from .._format.manifest import Manifest
     from .._repo.repository import Repository
-
-# Parameters are counted as `model.parameters()` counts them (and so `validate`, which loads the model), not as
-# tensors in the file: save_pretrained also writes buffers. Integer and bool tensors (BERT's position_ids and
-# token_type_ids, BatchNorm's num_batches_tracked) cannot be trained parameters; these float ones are buffers by name.
-_FLOAT_BUFFERS = frozenset({"running_mean", "running_var", "inv_freq", "masked_bias"})
-
-
-def is_parameter(name: str, dtype: str) -> bool:
-    """Whether a stored tensor (its name and safetensors dtype: F32, I64, BOOL, ...) is a model parameter."""
-    if dtype == "BOOL" or dtype[:1] in ("I", "U"):
-        return False
-    return name.rsplit(".", 1)[-1] not in _FLOAT_BUFFERS
-
-
-def _weights(files: "Manifest | Iterable[FileEntry]") -> list["FileEntry"]:
-    # The files from_pretrained reads (what validate loads); optimizer state is never the model's.
-    return [f for f in _load.weight_files(files) if not f.path.startswith("optimizer")]
-
-
-def _weight_tensors(files: "Manifest | Iterable[FileEntry]") -> list["TensorEntry"]:
-    return [t for f in _weights(files) for t in f.tensors]
-
-
-def count_parameters(files: "Manifest | Iterable[FileEntry]") -> tuple[int, dict[str, int]]:
-    """(parameters, parameters per dtype) of the stored model weights, buffers left out."""
-    total, dtypes = 0, {}
-    for t in _weight_tensors(files):
-        if is_parameter(t.name, t.dtype):
-            total += t.numel
-            dtypes[t.dtype] = dtypes.get(t.dtype, 0) + t.numel
-    return total, dtypes
 
 
 def tensor_table(manifest: "Manifest") -> list[dict[str, Any]]:

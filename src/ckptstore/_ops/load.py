@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .._format import safetensors as _safetensors
 from .._backend.posix import copy_into, write_at
 from .._format.manifest import FileEntry, Manifest, TensorEntry
+from .._format.modelfacts import weight_files  # noqa: F401  (re-exported: callers use _load.weight_files)
 from .._backend.protocols import Blobs
 from .._core.hashing import BlobRef, hash_bytes
 from .._repo.objects import read_blob
@@ -115,15 +116,6 @@ def _map_parts(blobs: Blobs, entry: TensorEntry, parts: list[tuple[BlobRef, int]
     if position != entry.end:
         return None
     return blobs.map([(blob.digest, blob.size) for blob, _ in parts])
-
-
-def weight_files(manifest: Manifest | Iterable[FileEntry]) -> list[FileEntry]:
-    """The safetensors files from_pretrained would read: the root-level model weights (all shards). Takes the
-    manifest, or its file list while it is being built."""
-    files = manifest.files if isinstance(manifest, Manifest) else manifest
-    root = [f for f in files if f.is_safetensors and "/" not in f.path]
-    preferred = [f for f in root if f.path.startswith("model")] or root
-    return preferred
 
 
 def load_state_dict(

@@ -24,6 +24,7 @@ from .._repo import leases
 from .._repo.documents import settings_key, upsert
 from ..errors import InvalidArgument, PolicyError
 from ..policies import BestN, RetentionPlan, RetentionPolicy, latest_of
+from . import collections
 
 if TYPE_CHECKING:
     from .._repo.repository import Repository
@@ -127,7 +128,8 @@ def prune(
     # the middle, which would otherwise race with the tag and settings files written here.
     with repo.writing(), repo.commit_lock():
         repo.sync()
-        plan = policy.plan(repo.catalog.infos(run=run), protected_ids=leases.in_use(repo), run_best=settings.best)
+        plan = policy.plan(repo.catalog.infos(run=run), protected_ids=leases.in_use(repo), run_best=settings.best,
+                           pinned=collections.pins(repo))
         ids = [d.checkpoint.id for d in plan.remove]
         reclaimable = repo.catalog.exclusive_bytes(ids)
         if not dry_run:

@@ -24,6 +24,7 @@ from .._core.failpoints import failpoint
 from .._core.info import CheckpointInfo
 from .._format.manifest import Manifest
 from ..errors import StoreFull, StoreLocked
+from . import modelindex
 
 SCHEMA_VERSION = 1
 
@@ -166,6 +167,7 @@ class Catalog:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # a cache: losing the last transaction on power loss is fine
         db.executescript(_SCHEMA)
+        db.executescript(modelindex.SCHEMA)
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         return db
 
@@ -193,6 +195,7 @@ class Catalog:
                     "INSERT OR IGNORE INTO blob_refs (checkpoint, digest, size) VALUES (?,?,?)",
                     [(cid, d, s) for d, s in m.blob_refs().items()],
                 )
+            modelindex.fill(self.db, items)
 
     def remove_many(self, ids: Iterable[str], *, lost: bool = False) -> None:
         """Drop the rows of `ids`; with `lost`, remember their names in the `lost` table (see the schema)."""
@@ -210,6 +213,7 @@ class Catalog:
                     )
                 self.db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
                 self.db.execute("DELETE FROM blob_refs WHERE checkpoint = ?", (cid,))
+                self.db.execute("DELETE FROM model_facts WHERE id = ?", (cid,))
 
     def add_lost(self, items: Iterable[tuple[str, str]]) -> None:
         """Remember (id, name) of checkpoints whose name is claimed but whose manifest is gone."""

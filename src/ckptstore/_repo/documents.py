@@ -7,6 +7,7 @@ Format 2 keys (docs/format.md):
   refs/tags/<run>/<tag>          a tag: the id it points at (moved by compare-and-swap)
   policies/<run>.json            a run's settings (retention policy, what RUN:best follows)
   deleted/<id>                   one record per checkpoint the store deleted: its name
+  collections/<name>.json        a collection: named, ordered checkpoints (_format/collection.py)
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from ..errors import AmbiguousReference, CheckpointNotFound, CkptError, InvalidA
 from . import documents as keys
 from . import format1
 from . import annotations
+from . import modelindex
 from .catalog import Catalog, open_catalog
 from .refs import Refs
 
@@ -218,6 +219,7 @@ class Repository:
         if tags != cat.tags():
             cat.set_tags(tags)
         annotations.sync(self.docs, cat)
+        modelindex.backfill(self, cat)
 
     def reindex(self) -> int:
         """Throw the catalog away and rebuild it from the documents. Returns the number of checkpoints."""

@@ -42,6 +42,8 @@ COMMANDS = [
     ("cmd_log", "log"),
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
+    ("cmd_collection", "collection"),
+    ("cmd_info", "info"),
     ("cmd_completion", "completion"),
     ("cmd_card", "card"),
     ("cmd_push", "push"),
