@@ -109,3 +109,44 @@ def test_functions_and_errors(store, tmp_path, tiny_bert):
         load_state(acc, store, "fn/exported")
     assert "not saved by Accelerator.save_state" in str(err.value) and "ckpt ls fn" in err.value.hint
     assert AcceleratorCheckpoints(acc, store, "fresh").load_state() is None
+
+
+def test_two_processes_save_every_rng_state_and_resume_exactly(store, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    worker = Path(__file__).with_name("accelerate_worker.py")
+
+    def job(*args):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = []
+        for rank in range(2):
+            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+                   "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+            procs.append(subprocess.Popen([sys.executable, str(worker), str(store.root), str(stage), *args], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            assert p.returncode == 0, out[-3000:]
+
+    job("whole", "3")
+    job("cut", "2")
+    store.refresh()
+    files = {f.path for f in store.manifest("cut:latest").files}
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= files  # every rank's RNG
+    job("cut", "3", "resume")
+    store.refresh()
+    assert [c.step for c in store.log("cut")] == [4, 8, 12]
+    whole = torch.load(stage / "final-whole.pt", weights_only=True)
+    cut = torch.load(stage / "final-cut.pt", weights_only=True)
+    for key, value in whole.items():
+        assert torch.equal(value, cut[key]), key
+    assert sorted(p.name for p in stage.iterdir()) == ["final-cut.pt", "final-whole.pt"]
