@@ -153,7 +153,9 @@ def test_plugin_alone_maps_lightnings_removals_to_the_store(tmp_path, store):
 
 
 def test_unknown_references_fail_in_one_line_with_a_hint(tmp_path, store):
+    assert StoreCheckpointIO(store, "known").resume_ref() is None  # a fresh run: ckpt_path=None
     fit(tmp_path, store, "known", 1)
+    assert StoreCheckpointIO(store, "known").resume_ref() == "known:latest"
     with pytest.raises(CheckpointNotFound) as err:
         fit(tmp_path, store, "known", 2, ckpt_path="known:lates")
     assert str(err.value).startswith("Unknown reference 'known:lates'. Did you mean 'known:latest'")
@@ -193,6 +195,8 @@ def test_plain_values_need_no_pickle_and_objects_load_only_as_weights_only_allow
     assert list(back) == list(lightning_dict({}))
     assert OBJECTS_FILE not in {f.path for f in store.manifest("raw/step-3").files}
     assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3  # the path Lightning saved to
+    # ... in another process too (ckpt_path="best" gives Lightning's best_model_path)
+    assert StoreCheckpointIO(store, "raw", policy=None).load_checkpoint(str(tmp_path / "a.ckpt"))["global_step"] == 3
 
     canary = tmp_path / "canary"
     io.save_checkpoint({**lightning_dict({"cfg": Canary(str(canary))}), "global_step": 4}, tmp_path / "b.ckpt")

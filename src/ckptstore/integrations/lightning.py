@@ -174,8 +174,8 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._trainer, self._module, self._as_callback = trainer, pl_module, True
-        if stage == "fit" and self.policy == FROM_MODEL_CHECKPOINT:
-            self._follow_model_checkpoints(trainer)
+        if stage == "fit" and self.policy == FROM_MODEL_CHECKPOINT and trainer.is_global_zero:
+            self._follow_model_checkpoints(trainer)  # one process writes the run's settings
 
     def state_dict(self) -> dict[str, Any]:
         if not self.restore_rng:
@@ -232,13 +232,14 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
             housekeeping_gc(self.store, info)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        self._steps.clear()  # training goes on from here: a save of a step stored before is a new attempt
         if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
             # A Lightning file from before the store: read as Lightning reads it, but never as a full pickle.
+            self._parent = None
             return _torch_io().load_checkpoint(path, map_location=map_location, weights_only=True)
         cid = self._resolve(path)
         with self.store.hold(cid):
             checkpoint = self._read(cid, map_location)
-        self._steps.clear()  # training goes on from here: a save of a step stored before is a new attempt
         self._parent = cid
         return checkpoint
 
