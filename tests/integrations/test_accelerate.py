@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -112,12 +118,6 @@ def test_functions_and_errors(store, tmp_path, tiny_bert):
 
 
 def test_two_processes_save_every_rng_state_and_resume_exactly(store, tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
     stage = tmp_path / "stage"
     stage.mkdir()
     worker = Path(__file__).with_name("accelerate_worker.py")
@@ -127,10 +127,10 @@ def test_two_processes_save_every_rng_state_and_resume_exactly(store, tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         procs = []
+        src = os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])
         for rank in range(2):
             env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-                   "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
-                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+                   "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", "PYTHONPATH": src}
             procs.append(subprocess.Popen([sys.executable, str(worker), str(store.root), str(stage), *args], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for p in procs:
