@@ -34,7 +34,7 @@ from .._core.info import CheckpointInfo
 from .._core.names import check_run
 from .._training.manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
 from ..errors import IncompleteCheckpoint, InvalidArgument
-from ..policies import RetentionPolicy
+from ..policies import RetentionPolicy, default_mode
 from ..store import Store
 
 __all__ = ["AcceleratorCheckpoints", "load_state", "save_state"]
@@ -74,7 +74,7 @@ class AcceleratorCheckpoints:
             if policy is not None:
                 self.store.set_policy(self.run, policy)
             if metric is not None:
-                self.store.register_run(self.run, metric=metric, mode=mode or ("min" if metric.endswith("loss") else "max"))
+                self.store.register_run(self.run, metric=metric, mode=mode or default_mode(metric))
         self.last_saved: CheckpointInfo | None = None
         self.resumed_from: CheckpointInfo | None = None
         self._restored_step: int | None = None

@@ -29,11 +29,8 @@ read only with ``torch.load(weights_only=True)``, as Lightning reads its own fil
 from __future__ import annotations
 
 import ast
-import io
-import json
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,25 +39,16 @@ import torch
 from .._core.info import CheckpointInfo
 from .._core.names import check_run
 from .._training import rng as _rng
-from .._training import statetree as _statetree
 from .._training.manager import housekeeping_gc, name_after_rollback, save_after, split_metrics
-from ..errors import CheckpointNotFound, CkptError, IncompleteCheckpoint, InvalidArgument, UnsafePickle
+from ..errors import CheckpointNotFound, CkptError, InvalidArgument
 from ..policies import RetentionPolicy
 from ..store import Store
+from ._lightning_files import OBJECTS_FILE, STATE_FILE, checkpoint_files, read_checkpoint
 
-__all__ = ["StoreCheckpointIO"]
+__all__ = ["OBJECTS_FILE", "STATE_FILE", "StoreCheckpointIO"]
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "lightning/checkpoint.json"
-WEIGHTS_FILE = "model.safetensors"
-MORE_WEIGHTS_FILE = "lightning/state_dict.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-TENSORS_FILE = "lightning/tensors.safetensors"
-OBJECTS_FILE = "lightning/objects.pt"
-STATE_FORMAT = 1
-_PREFIX = "lightning"
-_OPTIMIZER_PREFIX = f"{_PREFIX}/optimizer_states/"
 FROM_MODEL_CHECKPOINT = "model_checkpoint"
 
 
@@ -106,10 +94,6 @@ def _torch_io() -> Any:
 
 def _norm(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
-
-
-def _identity(t: torch.Tensor) -> tuple[Any, ...]:
-    return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
 
 
 class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
@@ -223,7 +207,7 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
         if other:
             metadata["nonfinite_metrics"] = other
         info = save_after(self.store, None, name, self.run, self._parent, step=step, metrics=finite,
-                          metadata=metadata, extra_files=self._files(checkpoint))
+                          metadata=metadata, extra_files=checkpoint_files(checkpoint, self._hf_model(), self.tokenizer))
         self._paths[key] = info.id
         self._steps[step] = info.id
         self._parent = info.id
@@ -239,7 +223,7 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
             return _torch_io().load_checkpoint(path, map_location=map_location, weights_only=True)
         cid = self._resolve(path)
         with self.store.hold(cid):
-            checkpoint = self._read(cid, map_location)
+            checkpoint = read_checkpoint(self.store, cid, map_location, run=self.run)
         self._parent = cid
         return checkpoint
 
@@ -272,61 +256,6 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
         self._trainer = self._module = None
 
     # -- saving ------------------------------------------------------------------------------------------------
-    def _files(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        state_dict = checkpoint.get("state_dict") or {}
-        files: dict[str, Any] = {}
-        where: dict[str, tuple[str, str]] = {}  # state_dict key -> (file, tensor name)
-        hf = self._hf_model()
-        if hf is not None:
-            captured = Store.capture(hf, self.tokenizer)
-            files.update(captured)
-            known = {_identity(t): (path, name) for path, value in captured.items() if isinstance(value, Mapping)
-                     for name, t in value.items()}
-            rest: dict[str, torch.Tensor] = {}
-            for key, t in state_dict.items():
-                hit = known.get(_identity(t)) if isinstance(t, torch.Tensor) else None
-                if hit is None:
-                    rest[key] = t
-                    where[key] = (MORE_WEIGHTS_FILE, key)
-                else:
-                    where[key] = hit
-            if rest:
-                files[MORE_WEIGHTS_FILE] = rest
-        else:
-            files[WEIGHTS_FILE] = dict(state_dict)
-            where = {key: (WEIGHTS_FILE, key) for key in state_dict}
-        for key, t in state_dict.items():
-            if not isinstance(t, torch.Tensor):
-                raise InvalidArgument(f"state_dict[{key!r}] is a {type(t).__name__}, not a tensor.",
-                                      hint="A LightningModule's state_dict holds tensors only.")
-        objects: dict[str, Any] = {}
-
-        def keep(value: Any, path: str) -> str:
-            objects[path] = value
-            return path
-
-        skeleton, tensors = _statetree.flatten({k: v for k, v in checkpoint.items() if k != "state_dict"}, _PREFIX,
-                                               what="Lightning checkpoint", other=keep)
-        tensors = {name: t.contiguous() for name, t in tensors.items()}
-        optimizer = {n: t for n, t in tensors.items() if n.startswith(_OPTIMIZER_PREFIX)}
-        others = {n: t for n, t in tensors.items() if not n.startswith(_OPTIMIZER_PREFIX)}
-        if optimizer:
-            files[OPTIMIZER_FILE] = optimizer
-        if others:
-            files[TENSORS_FILE] = others
-        if objects:
-            buffer = io.BytesIO()
-            torch.save(objects, buffer)
-            files[OBJECTS_FILE] = buffer.getvalue()
-        files[STATE_FILE] = _statetree.dumps({
-            "format": STATE_FORMAT,
-            "keys": list(checkpoint),
-            "state_dict": {key: list(where[key]) for key in state_dict},
-            "checkpoint": skeleton,
-            "tensor_files": {**{n: OPTIMIZER_FILE for n in optimizer}, **{n: TENSORS_FILE for n in others}},
-        })
-        return files
-
     def _hf_model(self) -> Any:
         """The transformers model inside the LightningModule, to store as save_pretrained writes it, or None."""
         if self.hf_model is False or self._module is None:
@@ -436,53 +365,3 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
                 raise CheckpointNotFound(text, (f"{self.run}:latest", f"{self.run}:best"), run=self.run,
                                          kind="checkpoint (not a file, nor one this run saved)") from None
             raise
-
-    def _read(self, cid: str, map_location: Any) -> dict[str, Any]:
-        manifest = self.store.manifest(cid)
-        if manifest.file(STATE_FILE) is None:
-            raise IncompleteCheckpoint(
-                f"Checkpoint {manifest.name!r} was not saved by Lightning ({STATE_FILE} is missing).",
-                hint=f"Pass a checkpoint StoreCheckpointIO saved, e.g. '{self.run}:latest'.",
-            )
-        try:
-            state = json.loads(self.store.read_file(cid, STATE_FILE))
-        except ValueError as exc:
-            raise IncompleteCheckpoint(f"{STATE_FILE} of {manifest.name!r} cannot be read: {exc}") from None
-        if state.get("format") != STATE_FORMAT:
-            raise IncompleteCheckpoint(
-                f"{STATE_FILE} of {manifest.name!r} has format {state.get('format')!r}; this ckptstore reads"
-                f" {STATE_FORMAT}.", hint="Upgrade ckptstore.")
-        files: dict[str, dict[str, torch.Tensor]] = {}
-
-        def file_tensors(path: str) -> dict[str, torch.Tensor]:
-            if path not in files:
-                files[path] = self.store.load_tensors(cid, path)
-            return files[path]
-
-        def place(t: torch.Tensor) -> torch.Tensor:
-            return t.to(map_location) if isinstance(map_location, (str, torch.device)) else t
-
-        if map_location is not None and not isinstance(map_location, (str, torch.device)):
-            raise InvalidArgument(f"map_location={map_location!r}: StoreCheckpointIO takes a device or None.",
-                                  hint="Pass map_location='cpu' or a torch.device.")
-        # The training state is cloned: optimizers update their state in place and must not hold store maps.
-        tensors = {name: place(file_tensors(path)[name].clone()) for name, path in state["tensor_files"].items()}
-        objects = self._objects(cid, manifest) if manifest.file(OBJECTS_FILE) is not None else {}
-        rest = _statetree.unflatten(state["checkpoint"], tensors, what="Lightning checkpoint", objects=objects)
-        state_dict = {key: place(file_tensors(path)[name]) for key, (path, name) in state["state_dict"].items()}
-        out = {**rest, "state_dict": state_dict}
-        return {k: out[k] for k in state.get("keys", list(out)) if k in out}
-
-    def _objects(self, cid: str, manifest: Any) -> dict[str, Any]:
-        data = self.store.read_file(cid, OBJECTS_FILE)
-        try:
-            # weights_only whatever the caller asked: a store never runs code from a checkpoint.
-            return torch.load(io.BytesIO(data), weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()
-            reason = next((line for line in first if "Unsupported global" in line), first[0] if first else "")
-            raise UnsafePickle(
-                f"Checkpoint {manifest.name!r} holds values torch.load(weights_only=True) refuses ({reason.strip()}).",
-                hint="Allow their classes with torch.serialization.add_safe_globals([...]) before loading, or keep"
-                " hyper-parameters to plain data.",
-            ) from None
