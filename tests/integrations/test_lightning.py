@@ -220,3 +220,31 @@ def test_a_real_ckpt_file_from_before_the_store_resumes_and_later_saves_go_to_th
     resumed, t, _ = fit(tmp_path / "new", store, "moved", 2, ckpt_path=str(old))
     assert t.global_step == 8 and [c.step for c in store.log("moved")] == [8]
     assert os.path.exists(old)
+
+
+def test_tied_weights_and_weights_outside_the_transformers_model_round_trip(store, tmp_path):
+    from ckptstore.integrations._lightning_files import MORE_WEIGHTS_FILE, checkpoint_files, read_checkpoint
+
+    class WithHead(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=24, max_position_embeddings=16)
+            self.model = transformers.BertForMaskedLM(config)  # decoder weight tied to the word embeddings
+            self.head = torch.nn.Linear(16, 3)
+
+    module = WithHead()
+    state_dict = module.state_dict()
+    checkpoint = {"epoch": 0, "global_step": 1, "pytorch-lightning_version": pl.__version__, "state_dict": state_dict}
+    info = store.save(None, "tied/step-1", extra_files=checkpoint_files(checkpoint, module.model))
+    assert set(store.load_tensors(info.id, MORE_WEIGHTS_FILE)) == {"head.weight", "head.bias"}
+    back = read_checkpoint(store, info.id, run="tied")
+    assert list(back["state_dict"]) == list(state_dict)
+    for key, value in state_dict.items():
+        assert torch.equal(back["state_dict"][key], value), key
+    WithHead().load_state_dict(back["state_dict"])  # strict: every key, tied ones included
+
+    loaded = transformers.BertForMaskedLM.from_pretrained(store.export(info.id, tmp_path / "export"))
+    assert loaded.cls.predictions.decoder.weight.data_ptr() == loaded.bert.embeddings.word_embeddings.weight.data_ptr()
+    for key, value in module.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

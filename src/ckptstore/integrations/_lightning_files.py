@@ -83,7 +83,7 @@ def checkpoint_files(checkpoint: Mapping[str, Any], hf_model: Any = None, tokeni
     files[STATE_FILE] = _statetree.dumps({
         "format": STATE_FORMAT,
         "keys": list(checkpoint),
-        "state_dict": {key: list(where[key]) for key in state_dict},
+        "state_dict": [[key, *where[key]] for key in state_dict],  # a list: JSON objects are written sorted
         "checkpoint": skeleton,
         "tensor_files": {**{n: OPTIMIZER_FILE for n in optimizer}, **{n: TENSORS_FILE for n in others}},
     })
@@ -123,7 +123,7 @@ def read_checkpoint(store: Store, cid: str, map_location: Any = None, *, run: st
     tensors = {name: place(tensors_of(path)[name].clone()) for name, path in state["tensor_files"].items()}
     objects = read_objects(store, cid, manifest.name) if manifest.file(OBJECTS_FILE) is not None else {}
     rest = _statetree.unflatten(state["checkpoint"], tensors, what="Lightning checkpoint", objects=objects)
-    state_dict = {key: place(tensors_of(path)[name]) for key, (path, name) in state["state_dict"].items()}
+    state_dict = {key: place(tensors_of(path)[name]) for key, path, name in state["state_dict"]}
     out = {**rest, "state_dict": state_dict}
     return {k: out[k] for k in state.get("keys", list(out)) if k in out}
 
