@@ -152,10 +152,6 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
         return f"{self.run}:latest" if f"{self.run}:latest" in self.store.tags(self.run) else None
 
     # -- Callback hooks --------------------------------------------------------------------------------------------
-    @property
-    def state_key(self) -> str:
-        return f"StoreCheckpointIO[{self.run}]"
-
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._trainer, self._module, self._as_callback = trainer, pl_module, True
         if stage == "fit" and self.policy == FROM_MODEL_CHECKPOINT and trainer.is_global_zero:
