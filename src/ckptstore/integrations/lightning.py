@@ -137,7 +137,6 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
         self._parent: str | None = None  # what training went on from: the checkpoint last loaded or saved
         self._trainer: Any = None
         self._module: Any = None
-        self._as_callback = False
         self._pending_rng: Any = None
         self._registered = False
 
@@ -153,7 +152,7 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
 
     # -- Callback hooks --------------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._trainer, self._module, self._as_callback = trainer, pl_module, True
+        self._trainer, self._module = trainer, pl_module
         if stage == "fit" and self.policy == FROM_MODEL_CHECKPOINT and trainer.is_global_zero:
             self._follow_model_checkpoints(trainer)  # one process writes the run's settings
 
@@ -248,8 +247,9 @@ class StoreCheckpointIO(*_IOS, *_CALLBACKS):  # type: ignore[misc]
             housekeeping_gc(self.store, info)
 
     def teardown(self, *args: Any, **kwargs: Any) -> None:
-        """Both roles' teardown: the plugin's (no arguments) and the callback's (trainer, module, stage)."""
-        self._trainer = self._module = None
+        """Both roles' teardown: the plugin's (no arguments) and the callback's (trainer, module, stage). The
+        Trainer and module stay known: a ``trainer.save_checkpoint("final.ckpt")`` after ``fit`` is stored as
+        fully as the saves during it."""
 
     # -- saving ------------------------------------------------------------------------------------------------
     def _hf_model(self) -> Any:
