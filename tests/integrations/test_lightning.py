@@ -67,7 +67,7 @@ def trainer(tmp_path, epochs, plugins=(), callbacks=(), **kwargs):
     kwargs.setdefault("num_sanity_val_steps", 0)
     return pl.Trainer(default_root_dir=tmp_path, max_epochs=epochs, plugins=list(plugins), callbacks=list(callbacks),
                       logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                      deterministic=True, **kwargs)
+                      **kwargs)
 
 
 def fit(tmp_path, store, run, epochs, *, ckpt_path=None, seed=0, top_k=-1, monitor="val_loss", scripted=False,
