@@ -12,6 +12,8 @@ Skeleton markers (JSON objects with a single reserved key):
 - ``{"__tuple__": [...]}``        a tuple
 - ``{"__dict__": [[k, v], ...]}`` a dict whose keys are not all strings (or that uses a reserved key)
 - ``{"__float__": "nan"}``        a non-finite float ("nan", "inf", "-inf"), which strict JSON cannot hold
+- ``{"__object__": KEY}``         a value none of the above can hold, kept elsewhere by the caller (only when
+                                  `flatten` is given `other`, and decoded only when `unflatten` is given `objects`)
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import torch
 
 from ..errors import InvalidArgument, InvalidCheckpoint
 
-TENSOR, TUPLE, DICT, FLOAT = "__tensor__", "__tuple__", "__dict__", "__float__"
-_MARKERS = frozenset({TENSOR, TUPLE, DICT, FLOAT})
+TENSOR, TUPLE, DICT, FLOAT, OBJECT = "__tensor__", "__tuple__", "__dict__", "__float__", "__object__"
+_MARKERS = frozenset({TENSOR, TUPLE, DICT, FLOAT, OBJECT})
 
 
 def flatten(
-    obj: Any, prefix: str, *, copy: Callable[[str, torch.Tensor], torch.Tensor] | None = None, what: str = "state"
+    obj: Any, prefix: str, *, copy: Callable[[str, torch.Tensor], torch.Tensor] | None = None, what: str = "state",
+    other: Callable[[Any, str], str] | None = None,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
     """Split `obj` into a JSON-safe skeleton and its tensors, named ``prefix/path/to/tensor``.
 
@@ -72,6 +75,8 @@ def flatten(
         item = getattr(value, "item", None)  # numpy and torch scalars
         if callable(item) and getattr(value, "shape", None) == ():
             return enc(item(), path)
+        if other is not None:
+            return {OBJECT: other(value, "/".join([prefix, *path]))}
         raise InvalidArgument(
             f"Cannot store {what} at {'/'.join(path) or '<root>'!r}: a {type(value).__name__} is not a tensor, number,"
             " string, list, tuple or dict.",
@@ -81,8 +86,9 @@ def flatten(
     return enc(obj, []), tensors
 
 
-def unflatten(skeleton: Any, tensors: Mapping[str, torch.Tensor], *, what: str = "state") -> Any:
-    """Rebuild what :func:`flatten` took apart."""
+def unflatten(skeleton: Any, tensors: Mapping[str, torch.Tensor], *, what: str = "state",
+              objects: Mapping[str, Any] | None = None) -> Any:
+    """Rebuild what :func:`flatten` took apart; `objects` holds the values `flatten` gave to `other`."""
 
     def dec(value: Any) -> Any:
         if isinstance(value, list):
@@ -105,6 +111,14 @@ def unflatten(skeleton: Any, tensors: Mapping[str, torch.Tensor], *, what: str =
                 return {dec(k): dec(v) for k, v in inner}
             if key == FLOAT:
                 return float(inner)
+            if key == OBJECT and objects is not None:  # a skeleton written without `other` never meant a marker
+                try:
+                    return objects[inner]
+                except KeyError:
+                    raise InvalidCheckpoint(
+                        f"The stored {what} refers to object {inner!r}, which it does not hold.",
+                        hint="The checkpoint is damaged; run 'ckpt verify' on it.",
+                    ) from None
         return {k: dec(v) for k, v in value.items()}
 
     return dec(skeleton)
