@@ -120,7 +120,7 @@ def train(job, store, rank, world, out) -> None:
                     p.requires_grad_(False)
             step(model, opt, 2)
         msd, osd = get_state_dict(model, opt)
-        writer = StoreWriter(store, name, model_config=model.config, tokenizer=tokenizer,
+        writer = StoreWriter(store, name, model_config=model, tokenizer=tokenizer,
                              metrics={"loss": 0.5 - n / 10})
         dcp.save({"model": msd, "optim": osd}, storage_writer=writer)
         full = full_state(model, opt)

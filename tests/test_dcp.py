@@ -1,7 +1,7 @@
 """torch.distributed.checkpoint into the store with real processes: gloo on CPU, a tiny BERT sharded with FSDP2
 across 4 ranks with AdamW state (tests/dcp_worker.py is one rank).
 
-One module-scoped run: a save killed on one rank, then the real save (4 ranks, two checkpoints), loads at world
+One module-scoped run: a save killed on one of 2 ranks, then the real save (4 ranks, two checkpoints), loads at world
 sizes 2 and 1 (and an async save from 2 ranks); each test checks one outcome of it.
 """
 
@@ -70,9 +70,9 @@ def run(tmp_path_factory, minilm_dir):
     out.mkdir()
     job = {"action": "train", "store": str(store_path), "out": str(out), "name1": "fsdp/step-1",
            "name2": "fsdp/step-2", "tokenizer": str(minilm_dir), "timeout": 30}
-    # Rank 2 is killed (SIGKILL) while it writes its first blob; the others fail on the broken process group.
+    # Rank 1 of 2 is killed (SIGKILL) while it writes its first blob; rank 0 fails on the broken process group.
     t0 = time.monotonic()
-    killed = spawn(4, {**job, "name2": None, "timeout": 10}, tmp, env_of_rank={2: {"CKPT_FAILPOINT": "blob.write:kill@1"}})
+    killed = spawn(2, {**job, "name2": None, "timeout": 10}, tmp, env_of_rank={1: {"CKPT_FAILPOINT": "blob.write:kill@1"}})
     with Store.open(store_path) as s:
         after_kill = [c.name for c in s.list()]
     t1 = time.monotonic()
@@ -96,8 +96,8 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 
 def test_killed_rank_leaves_no_checkpoint_and_a_resave_succeeds(run):
-    assert run["killed"][2][0] == -signal.SIGKILL
-    assert any(code != 0 for code, _ in run["killed"][:2] + run["killed"][3:])  # the job failed, not hung
+    assert run["killed"][1][0] == -signal.SIGKILL
+    assert run["killed"][0][0] not in (0, None)  # the coordinator failed (did not commit, did not hang)
     assert run["after_kill"] == []
     with Store.open(run["store"]) as s:
         assert {c.name for c in s.list()} >= {"fsdp/step-1", "fsdp/step-2"}
@@ -170,6 +170,7 @@ def test_export_hf_loads_with_from_pretrained_and_gives_the_trained_outputs(run,
     assert "config.json" in names and "tokenizer.json" in names and "model.safetensors.index.json" in names
     assert not any(n.startswith("dcp") for n in names)
     assert len([n for n in names if n.startswith("model-")]) > 1
+    assert json.loads((dest / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
     model = AutoModelForSequenceClassification.from_pretrained(dest).eval()
     with torch.no_grad():
         got = model(input_ids=INPUT_IDS).logits

@@ -20,6 +20,7 @@ the parts each rank asks for. ``ckpt export REF DEST --hf`` turns a checkpoint o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import os
@@ -74,6 +75,12 @@ def _tensor_name(fqn: str, offsets: Iterable[int] | None, taken: set[str]) -> st
 
 def _hf_files(model_config: Any, tokenizer: Any, generation_config: Any) -> dict[str, bytes]:
     """The files save_pretrained writes for the config, generation config and tokenizer (or processor)."""
+    if hasattr(model_config, "config") and hasattr(model_config, "can_generate"):  # a model: its config, as
+        model = model_config                                                     # save_pretrained writes it
+        model_config = copy.deepcopy(model.config)
+        model_config.architectures = [type(model).__name__.removeprefix("FSDP")]  # fully_shard renames the class
+        if generation_config is None and model.can_generate():
+            generation_config = model.generation_config
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="ckpt-dcp-") as tmp:
         for obj in (model_config, generation_config, tokenizer):
@@ -89,8 +96,9 @@ class StoreWriter(StorageWriter):
     """A DCP storage writer that saves one checkpoint `name` into `store` (each rank passes its own Store on the
     same storage, and the same name).
 
-    `model_config`, `tokenizer` and `generation_config` (used on the coordinator) are stored beside the DCP state
-    with their save_pretrained files, so that ``ckpt export REF DEST --hf`` can write a from_pretrained folder of
+    `model_config` (a transformers config, or the model: then its class is recorded as the architecture and its
+    generation config taken), `tokenizer` and `generation_config` (used on the coordinator) are stored beside the
+    DCP state as their save_pretrained files, so that ``ckpt export REF DEST --hf`` can write a from_pretrained folder of
     the state dict entry `model_key` (``"model"``: ``{"model": model.state_dict(), "optim": ...}``; ``""`` when the
     whole state dict is the model's). `tags`, `metrics`, `metadata`, `step`, `parent`, `message` are as in
     Store.save. After the save, `report` on the coordinator is the SaveReport (new_bytes counts every rank's).
