@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from ckptstore import CorruptObject, InvalidArgument, NameExists, Store, StoreLocked
+from ckptstore import CorruptObject, InvalidArgument, NameExists, StoreLocked
 
 
 def test_files_staged_in_other_processes_become_one_checkpoint_at_the_commit(store):
