@@ -164,7 +164,7 @@ def test_export_hf_loads_with_from_pretrained_and_gives_the_trained_outputs(run,
     from dcp_worker import INPUT_IDS
 
     dest = run["tmp"] / "hf"
-    res = ckpt("export", "fsdp/step-2", dest, "--hf", "--max-shard-size", "40KB", store=run["store"])
+    res = ckpt("export", "fsdp/step-2", dest, "--hf", "--max-shard-size", "40KB", "--verify", store=run["store"])
     assert res.code == 0, res.err
     names = sorted(p.name for p in dest.iterdir())
     assert "config.json" in names and "tokenizer.json" in names and "model.safetensors.index.json" in names

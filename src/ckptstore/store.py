@@ -359,10 +359,12 @@ class Store:
         self.last_save = report
         return report
 
-    def export_hf(self, ref: str, dest: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:
+    def export_hf(self, ref: str, dest: str | os.PathLike[str], *, max_shard_size: int | str = "5GB",
+                  verify: bool = False) -> Path:
         """Write a distributed (DCP) checkpoint of a transformers model as a folder `from_pretrained` loads:
         full tensors consolidated from the ranks' shards, safetensors shards of at most `max_shard_size`, with the
-        config and tokenizer stored beside the DCP state. `dest` must be new or empty."""
+        config and tokenizer stored beside the DCP state. `dest` must be new or empty; `verify` re-hashes every
+        blob read."""
         from ._ops import dcp_export as _dcp_export
 
-        return _dcp_export.export_hf(self._repo, ref, Path(dest), max_shard_size=max_shard_size)
+        return _dcp_export.export_hf(self._repo, ref, Path(dest), max_shard_size=max_shard_size, verify=verify)

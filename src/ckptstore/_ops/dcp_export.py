@@ -51,7 +51,8 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def export_hf(repo: "Repository", ref: str, dest: Path, *, max_shard_size: int | str = "5GB") -> Path:
+def export_hf(repo: "Repository", ref: str, dest: Path, *, max_shard_size: int | str = "5GB",
+              verify: bool = False) -> Path:
     manifest = repo.manifest(ref)
     layout = read_layout(repo, manifest)
     limit = parse_size(max_shard_size)
@@ -80,9 +81,9 @@ def export_hf(repo: "Repository", ref: str, dest: Path, *, max_shard_size: int |
     others = [f for f in manifest.files if not f.path.startswith(DATA_DIR)
               and f.path not in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)]
     existed = dest.exists()
-    _load.export(repo.blobs, manifest, dest, files=others)  # refuses a DEST that is not new or empty
+    _load.export(repo.blobs, manifest, dest, files=others, verify=verify)  # refuses a DEST not new or empty
     try:
-        _write_shards(repo, manifest, shards, prefix, dest)
+        _write_shards(repo, manifest, shards, prefix, dest, verify=verify)
     except BaseException:
         if existed:
             for p in dest.iterdir():
@@ -100,14 +101,15 @@ def _numel(size: tuple[int, ...]) -> int:
     return n
 
 
-def _write_shards(repo: "Repository", manifest, shards: list[list[DcpItem]], prefix: str, dest: Path) -> None:
+def _write_shards(repo: "Repository", manifest, shards: list[list[DcpItem]], prefix: str, dest: Path, *,
+                  verify: bool) -> None:
     from safetensors.torch import save_file
 
     files: dict[str, dict[str, torch.Tensor]] = {}  # a rank file's tensors, mapped from the blobs (no copy)
 
     def chunk_tensor(path: str, name: str) -> torch.Tensor:
         if path not in files:
-            files[path] = _load.load_file_tensors(repo.blobs, manifest, path)
+            files[path] = _load.load_file_tensors(repo.blobs, manifest, path, verify=verify)
         return files[path][name]
 
     weight_map: dict[str, str] = {}

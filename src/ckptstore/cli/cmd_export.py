@@ -28,7 +28,7 @@ def export(ref: str, dest: str, verify: bool, hf: bool, max_shard_size: str, sto
     store = open_store(store_path)
     info = store.info(ref)
     if hf:
-        store.export_hf(info.id, dest, max_shard_size=max_shard_size)
+        store.export_hf(info.id, dest, max_shard_size=max_shard_size, verify=verify)
         err.print(f"Exported [bold]{info.name}[/] to {dest} as a Hugging Face model folder")
         return
     with progress_bar(f"exporting {info.name}", info.logical_bytes) as advance:
