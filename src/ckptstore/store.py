@@ -457,3 +457,45 @@ class Store:
         """Checkpoints meeting every condition ``KEY OP VALUE`` (``"eval_accuracy>=0.9"``, ``"model_type=bert"``;
         keys and operators in ckptstore._core.query), answered by the index."""
         return _query.query(self._repo, where, run=run, sort=sort, reverse=reverse)
+
+    # -- staged saves: several processes write one checkpoint (torch.distributed.checkpoint) --------------------
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[None]:
+        """Keep gc from removing staged blobs: the committing process holds this from before any process calls
+        `stage_files` until `commit_staged` returns (gc waits meanwhile; a process that dies releases it)."""
+        with self._repo.writing():
+            yield
+
+    def stage_files(self, files: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """Write the blobs of `files` (bytes, a path, or a dict of tensors for a safetensors file, as
+        `extra_files`), deduplicated and durable, without saving a checkpoint: returns their file entries (JSON, to
+        send to the committing process) and the bytes written. Call while some process holds `staging()`."""
+        from ._ops import staged as _staged
+
+        return _staged.stage(self._repo, files)
+
+    def commit_staged(self, name: str, staged: Iterable[Mapping[str, Any]], *,
+                      extra_files: Mapping[str, Any] | None = None, tags: Iterable[str] = (),
+                      metrics: Mapping[str, float] | None = None, metadata: Mapping[str, Any] | None = None,
+                      parent: str | None = None, message: str | None = None, step: int | None = None,
+                      staged_bytes: int = 0) -> SaveReport:
+        """Save checkpoint `name` from the file entries `stage_files` returned in any process, plus `extra_files`:
+        one manifest, one commit. Nothing of it is visible before; `staged_bytes` is added to the report's
+        new bytes."""
+        from ._ops import staged as _staged
+
+        report = _staged.commit_staged(self._repo, name, staged, extra_files=extra_files, tags=tags,
+                                       metrics=metrics, metadata=metadata, parent=parent, message=message,
+                                       step=step, staged_bytes=staged_bytes)
+        self.last_save = report
+        return report
+
+    def export_hf(self, ref: str, dest: str | os.PathLike[str], *, max_shard_size: int | str = "5GB",
+                  verify: bool = False) -> Path:
+        """Write a distributed (DCP) checkpoint of a transformers model as a folder `from_pretrained` loads:
+        full tensors consolidated from the ranks' shards, safetensors shards of at most `max_shard_size`, with the
+        config and tokenizer stored beside the DCP state. `dest` must be new or empty; `verify` re-hashes every
+        blob read."""
+        from ._ops import dcp_export as _dcp_export
+
+        return _dcp_export.export_hf(self._repo, ref, Path(dest), max_shard_size=max_shard_size, verify=verify)

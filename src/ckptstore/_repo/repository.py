@@ -47,6 +47,7 @@ class Repository:
         self._catalog: Catalog | None = None
         self.damaged_manifests: dict[str, str] = {}  # id -> why it could not be indexed
         self._commit_owner: int | None = None  # the thread holding the commit lock through this repository
+        self._writing_threads: set[int] = set()  # threads holding the objects lock through `writing`
         self.upgraded_from: int | None = None  # the format this repository upgraded the store from (opening.py)
 
     @property
@@ -69,10 +70,20 @@ class Repository:
     def writing(self) -> Iterator[None]:
         """Held for a whole save: keeps gc from deleting blobs this save has written or decided to reuse. The gate,
         taken briefly, lets a waiting gc in before a stream of saves could starve it."""
+        me = threading.get_ident()
+        if me in self._writing_threads:
+            # A staged save commits inside the hold it took before its processes staged blobs (Store.staging):
+            # taking the gate again there would wait for a gc that itself waits for this hold.
+            yield
+            return
         with self.coord.lock("gate", exclusive=False):
             pass
         with self.coord.lock("objects", exclusive=False):
-            yield
+            self._writing_threads.add(me)
+            try:
+                yield
+            finally:
+                self._writing_threads.discard(me)
 
     @contextlib.contextmanager
     def commit_lock(self) -> Iterator[None]:

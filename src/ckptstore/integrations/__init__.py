@@ -3,5 +3,6 @@
 - :mod:`ckptstore.integrations.transformers`: ``CheckpointCallback`` for ``transformers.Trainer``.
 - :mod:`ckptstore.integrations.lightning`: ``StoreCheckpointIO``, PyTorch Lightning's checkpoint plugin.
 - :mod:`ckptstore.integrations.accelerate`: ``AcceleratorCheckpoints`` for ``Accelerator.save_state``/``load_state``.
+- :mod:`ckptstore.integrations.dcp`: ``StoreWriter`` / ``StoreReader`` for torch.distributed.checkpoint.
 - ``ckptstore.CheckpointManager``: plain PyTorch loops (in the core package: it needs nothing but torch).
 """
