@@ -17,6 +17,7 @@ from ._ops import gc as _gc, load as _load, verify as _verify
 from ._ops import annotate as _annotate, checkout as _checkout, diff as _diff, importing as _importing
 from ._ops import inspect as _inspect, listing as _listing, modelload as _modelload, runlog as _runlog
 from ._ops import validate as _validate
+from ._ops import history as _history
 from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
 from ._ops.verify import VerifyReport
@@ -327,3 +328,17 @@ class Store:
         """How `b` differs from `a`: config, files, tensors (equal blobs are not read). A DiffReport."""
         return _diff.diff(self._repo, a, b)
 
+    # -- the web view (ckpt ui) ---------------------------------------------------------------------------------
+    def storage_growth(self, run: str) -> list[_history.StorageStep]:
+        """The run's stored checkpoints in save order with the bytes each added, and the run's totals as plain
+        folders and as stored after each (from the index)."""
+        return _history.storage_growth(self._repo, run)
+
+    def run_stored_bytes(self) -> dict[str, int]:
+        """For each run, bytes of the distinct blobs its checkpoints reference (blobs shared by runs count in each)."""
+        return self._repo.catalog.run_stored_bytes()
+
+    def deleted(self, run: str | None = None, *, known: dict[str, str] | None = None) -> list[_history.DeletedCheckpoint]:
+        """Checkpoints the store deleted (rm, prune), of `run` when given: id, name and the step in the name.
+        `known` (id -> name, from an earlier call) spares re-reading records, which never change."""
+        return _history.deleted_checkpoints(self._repo, run, known)

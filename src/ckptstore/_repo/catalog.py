@@ -374,6 +374,22 @@ class Catalog:
             out[d] = self.db.execute("SELECT count(*) FROM blob_refs WHERE digest = ?", (d,)).fetchone()[0]
         return out
 
+    # -- a run's storage history (the web view) ----------------------------------------------------------------
+    def run_blob_rows(self, run: str) -> list[tuple[str, str, int]]:
+        """(checkpoint id, digest, size) of every blob the run's checkpoints reference."""
+        return self.db.execute(
+            "SELECT b.checkpoint, b.digest, b.size FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint"
+            " WHERE c.run = ?", (run,)
+        ).fetchall()
+
+    def run_stored_bytes(self) -> dict[str, int]:
+        """For each run, bytes of the distinct blobs its checkpoints reference (shared with other runs or not)."""
+        rows = self.db.execute(
+            "SELECT run, coalesce(sum(size), 0) FROM (SELECT DISTINCT c.run AS run, b.digest AS digest,"
+            " b.size AS size FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint) GROUP BY run"
+        ).fetchall()
+        return {r: int(s) for r, s in rows}
+
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:

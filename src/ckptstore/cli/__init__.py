@@ -41,6 +41,7 @@ COMMANDS = [
     ("cmd_log", "log"),
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
+    ("cmd_ui", "ui"),
     ("cmd_completion", "completion"),
 ]
 

@@ -1,0 +1,89 @@
+"""A run's history as the web view draws it: what each checkpoint added to the store over time, against what
+plain folders would have taken, and the checkpoints the store deleted (pruned) from the run.
+
+Both come from the index and the deletion records; no manifest or blob is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._core.names import run_of, step_from_name
+from .._repo.documents import DELETED
+
+if TYPE_CHECKING:
+    from .._repo.repository import Repository
+
+
+@dataclass(frozen=True)
+class StorageStep:
+    """One checkpoint of a run, in save order: its own size, the bytes of blobs no checkpoint of the run saved
+    before it references (`new_bytes`), and the run's totals up to it, as plain folders and as stored."""
+
+    id: str
+    name: str
+    created_at: float
+    logical_bytes: int
+    new_bytes: int
+    folders_bytes: int
+    stored_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "created_at": self.created_at, "logical_bytes": self.logical_bytes,
+                "new_bytes": self.new_bytes, "folders_bytes": self.folders_bytes, "stored_bytes": self.stored_bytes}
+
+
+@dataclass(frozen=True)
+class DeletedCheckpoint:
+    """A checkpoint the store deleted (rm, prune): all a deletion record keeps is its id and name."""
+
+    id: str
+    name: str
+    run: str
+    step: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "run": self.run, "step": self.step}
+
+
+def storage_growth(repo: "Repository", run: str) -> list[StorageStep]:
+    """The run's checkpoints that are still stored, oldest first, with what each added. Deleted checkpoints are
+    left out (their blobs may be gone), so the totals are those of the run as it stands."""
+    infos = sorted(repo.catalog.infos(run=run), key=lambda c: (c.created_at, c.step or 0, c.name))
+    if not infos:
+        repo.check_run(run)
+    blobs: dict[str, list[tuple[str, int]]] = {}
+    for cid, digest, size in repo.catalog.run_blob_rows(run):
+        blobs.setdefault(cid, []).append((digest, size))
+    seen: set[str] = set()
+    folders = stored = 0
+    out = []
+    for c in infos:
+        new = 0
+        for digest, size in blobs.get(c.id, ()):
+            if digest not in seen:
+                seen.add(digest)
+                new += size
+        folders += c.logical_bytes
+        stored += new
+        out.append(StorageStep(c.id, c.name, c.created_at, c.logical_bytes, new, folders, stored))
+    return out
+
+
+def deleted_checkpoints(repo: "Repository", run: str | None = None,
+                        known: dict[str, str] | None = None) -> list[DeletedCheckpoint]:
+    """The checkpoints the store deleted (of `run`, when given), from the deletion records. `known` (id -> name)
+    spares reading records already read: a record never changes once written."""
+    out = []
+    for key in repo.docs.list(DELETED):
+        cid = key[len(DELETED):]
+        name = (known or {}).get(cid)
+        if name is None:
+            got = repo.docs.get(key)
+            if got is None:
+                continue
+            name = got[0].decode("utf-8", "replace").strip()
+        owner = run_of(name)
+        if run is None or owner == run:
+            out.append(DeletedCheckpoint(cid, name, owner, step_from_name(name)))
+    return out
