@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.info import human_bytes
+from .._core.names import RESERVED_TAGS
 from ..errors import CheckpointNotFound, InvalidArgument
 from ..policies import RetentionPolicy
 from ..store import Store
@@ -38,10 +39,13 @@ def _untag_plan(store: Store, body: dict[str, Any]) -> dict[str, Any]:
     ref = _str(body, "tag")
     if ref.count(":") != 1:
         raise InvalidArgument(f"'{ref}' is not RUN:TAG.", hint="Send {\"tag\": \"run:tag\"}.")
-    run, _ = ref.split(":")
+    run, tag = ref.split(":")
+    if tag in RESERVED_TAGS:
+        raise InvalidArgument(f"{ref} is moved by the store itself and cannot be removed.",
+                              hint="Delete or prune checkpoints instead; latest and best follow what is left.")
     cid = store.tags(run).get(ref)
     if cid is None:
-        raise CheckpointNotFound(f"No tag {ref!r}.", hint=f"Run 'ckpt ls {run}' to see its tags.")
+        raise CheckpointNotFound(ref, run=run, kind="tag")
     return {"summary": f"Remove the tag {ref} (it points at {store.info(cid).name}).", "expect": [cid],
             "args": {"tag": ref}}
 
