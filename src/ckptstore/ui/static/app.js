@@ -124,6 +124,7 @@
     const bestIdx = plot.data[2].findIndex((v) => v !== null);
     node.dataset.bestStep = bestIdx >= 0 ? String(plot.data[0][bestIdx]) : "";
     node.dataset.pruned = String(pruned.length);
+    node.dataset.drawnAt = performance.now().toFixed(1);  // ms since navigation began (bench/bench_ui.py)
     plot.over.addEventListener("click", () => {
       const idx = plot.cursor.idx;
       if (idx !== null && idx !== undefined && points[idx]) window.location.href = ckptHref(points[idx].name);
