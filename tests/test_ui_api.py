@@ -82,7 +82,7 @@ def test_run_storage_over_time_adds_up(ui):
     assert len(growth) == len(run["checkpoints"])
     assert [g["created_at"] for g in growth] == sorted(g["created_at"] for g in growth)
     assert growth[-1]["folders_bytes"] == sum(c.logical_bytes for c in store.list("sst2"))
-    assert growth[-1]["stored_bytes"] == sum(g["new_bytes"] for g in growth) == store.run_stored_bytes()["sst2"]
+    assert growth[-1]["stored_bytes"] == sum(g["new_bytes"] for g in growth) == store.run_bytes()["sst2"][0]
     # The first kept checkpoint brings the whole model; each later one only its new head (and small files).
     assert growth[0]["new_bytes"] > 10 * max(g["new_bytes"] for g in growth[1:])
     new = {c["name"]: c["new_bytes"] for c in run["checkpoints"]}

@@ -334,9 +334,16 @@ class Store:
         folders and as stored after each (from the index)."""
         return _history.storage_growth(self._repo, run)
 
-    def run_stored_bytes(self) -> dict[str, int]:
-        """For each run, bytes of the distinct blobs its checkpoints reference (blobs shared by runs count in each)."""
-        return self._repo.catalog.run_stored_bytes()
+    def run_bytes(self) -> dict[str, tuple[int, int]]:
+        """For each run, (stored, unique): bytes of the distinct blobs its checkpoints reference, and of those no
+        other run references (what deleting the run would free)."""
+        unique = self._repo.catalog.run_unique_bytes()
+        return {run: (size, unique.get(run, 0)) for run, size in self._repo.catalog.run_stored_bytes().items()}
+
+    def children(self, ref: str) -> list[CheckpointInfo]:
+        """The checkpoints whose parent is `ref`'s checkpoint (converted, fine-tuned or resumed from it)."""
+        ids = self._repo.catalog.child_ids(self.resolve(ref))
+        return sorted(self._repo.catalog.infos(ids=ids), key=lambda c: c.name) if ids else []
 
     def deleted(self, run: str | None = None, *, known: dict[str, str] | None = None) -> list[_history.DeletedCheckpoint]:
         """Checkpoints the store deleted (rm, prune), of `run` when given: id, name and the step in the name.

@@ -49,24 +49,15 @@ class DeletedCheckpoint:
 def storage_growth(repo: "Repository", run: str) -> list[StorageStep]:
     """The run's checkpoints that are still stored, oldest first, with what each added. Deleted checkpoints are
     left out (their blobs may be gone), so the totals are those of the run as it stands."""
-    infos = sorted(repo.catalog.infos(run=run), key=lambda c: (c.created_at, c.step or 0, c.name))
-    if not infos:
+    rows = repo.catalog.run_growth_rows(run)
+    if not rows:
         repo.check_run(run)
-    blobs: dict[str, list[tuple[str, int]]] = {}
-    for cid, digest, size in repo.catalog.run_blob_rows(run):
-        blobs.setdefault(cid, []).append((digest, size))
-    seen: set[str] = set()
     folders = stored = 0
     out = []
-    for c in infos:
-        new = 0
-        for digest, size in blobs.get(c.id, ()):
-            if digest not in seen:
-                seen.add(digest)
-                new += size
-        folders += c.logical_bytes
+    for cid, name, created_at, logical, new in rows:
+        folders += logical
         stored += new
-        out.append(StorageStep(c.id, c.name, c.created_at, c.logical_bytes, new, folders, stored))
+        out.append(StorageStep(cid, name, created_at, logical, new, folders, stored))
     return out
 
 

@@ -375,12 +375,29 @@ class Catalog:
         return out
 
     # -- a run's storage history (the web view) ----------------------------------------------------------------
-    def run_blob_rows(self, run: str) -> list[tuple[str, str, int]]:
-        """(checkpoint id, digest, size) of every blob the run's checkpoints reference."""
+    def run_growth_rows(self, run: str) -> list[tuple[str, str, float, int, int]]:
+        """(id, name, created_at, logical bytes, new bytes) of the run's checkpoints in save order; new bytes are
+        those of blobs no checkpoint of the run saved before it references. One query, no JSON parsed: a run
+        page of 1,000 checkpoints asks for it."""
+        order = "c.created_at, coalesce(c.step, 0), c.name"
         return self.db.execute(
-            "SELECT b.checkpoint, b.digest, b.size FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint"
-            " WHERE c.run = ?", (run,)
+            f"""
+            SELECT c.id, c.name, c.created_at, c.logical_bytes, coalesce(n.bytes, 0) FROM checkpoints c
+            LEFT JOIN (
+                SELECT checkpoint, sum(size) AS bytes FROM (
+                    SELECT b.checkpoint AS checkpoint, b.size AS size,
+                           row_number() OVER (PARTITION BY b.digest ORDER BY {order}) AS first
+                    FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint WHERE c.run = ?
+                ) WHERE first = 1 GROUP BY checkpoint
+            ) n ON n.checkpoint = c.id
+            WHERE c.run = ? ORDER BY {order}
+            """,
+            (run, run),
         ).fetchall()
+
+    def child_ids(self, cid: str) -> list[str]:
+        """Ids of the checkpoints whose parent is `cid`."""
+        return [r[0] for r in self.db.execute("SELECT id FROM checkpoints WHERE parent = ? ORDER BY name", (cid,))]
 
     def run_stored_bytes(self) -> dict[str, int]:
         """For each run, bytes of the distinct blobs its checkpoints reference (shared with other runs or not)."""

@@ -55,23 +55,41 @@ def _env() -> jinja2.Environment:
 
 class _Backend:
     """The one Store the app serves, used by one thread at a time (its index connection is not for sharing),
-    brought up to date with other processes at most every REFRESH_SECONDS."""
+    brought up to date with other processes' saves, tags and deletes every REFRESH_SECONDS: by a thread of its
+    own once `start_refresher` runs (the server), else by the first request after that time (tests)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.lock = threading.Lock()
         self.refreshed = time.monotonic()
         self.deleted_names: dict[str, str] = {}  # deletion records never change: read each once
+        self.stopping: threading.Event | None = None
+
+    def _refresh(self) -> None:
+        try:
+            self.store.refresh()
+        except (CkptError, OSError):
+            pass  # a store busy committing, or read-only: serve what the index says
+        self.refreshed = time.monotonic()
+
+    def start_refresher(self) -> threading.Event:
+        """Refresh in the background, so that no request pays for it (a directory listing per 1,000 checkpoints
+        costs tens of milliseconds). Set the returned event to stop."""
+        self.stopping = threading.Event()
+
+        def loop(stop: threading.Event) -> None:
+            while not stop.wait(REFRESH_SECONDS):
+                with self.lock:
+                    self._refresh()
+
+        threading.Thread(target=loop, args=(self.stopping,), name="ckpt-ui-refresh", daemon=True).start()
+        return self.stopping
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         def locked() -> Any:
             with self.lock:
-                if time.monotonic() - self.refreshed > REFRESH_SECONDS:
-                    try:
-                        self.store.refresh()
-                    except CkptError:
-                        pass  # a store busy committing, or read-only: serve what the index says
-                    self.refreshed = time.monotonic()
+                if self.stopping is None and time.monotonic() - self.refreshed > REFRESH_SECONDS:
+                    self._refresh()
                 return fn(*args)
 
         return await run_in_threadpool(locked)
@@ -226,5 +244,6 @@ def create_app(store: Store, *, allow_write: bool = False, allowed_hosts: list[s
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     app = Starlette(routes=routes, middleware=middleware)
     app.state.csrf_token = token
+    app.state.start_refresher = backend.start_refresher
     app.state.allow_write = allow_write
     return app

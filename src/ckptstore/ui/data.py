@@ -42,8 +42,7 @@ def _record(c: Any) -> dict[str, Any]:
 def runs(store: Store) -> dict[str, Any]:
     """Every run: checkpoints, latest step, best metric, policy in words, logical and stored bytes."""
     infos = store.list()
-    stored = store.run_stored_bytes()
-    unique = {r.run: r.unique_bytes for r in store.du().runs}
+    sizes = store.run_bytes()
     by_run: dict[str, list] = {}
     for c in infos:
         by_run.setdefault(c.run, []).append(c)
@@ -64,8 +63,8 @@ def runs(store: Store) -> dict[str, Any]:
             "best_metric": metric,
             "policy": _policy_text(store, run),
             "logical_bytes": sum(c.logical_bytes for c in cs),
-            "stored_bytes": stored.get(run, 0),
-            "unique_bytes": unique.get(run, 0),
+            "stored_bytes": sizes.get(run, (0, 0))[0],
+            "unique_bytes": sizes.get(run, (0, 0))[1],
             "last_saved": max(c.created_at for c in cs),
         })
     return {"runs": out}
@@ -132,7 +131,7 @@ def checkpoint(store: Store, ref: str) -> dict[str, Any]:
     """A checkpoint: record, files, tensors by module, config, lineage (parents and children), commands."""
     d = store.describe(ref)
     d["metrics"] = _metrics(d["metrics"])
-    children = [{"id": c.id, "name": c.name, "step": c.step} for c in store.list() if c.parent == d["id"]]
+    children = [{"id": c.id, "name": c.name, "step": c.step} for c in store.children(d["id"])]
     q = shlex.quote(d["name"])
     leaf = d["name"].rsplit("/", 1)[-1]
     return {
@@ -167,7 +166,7 @@ def diff(store: Store, a: str, b: str) -> dict[str, Any]:
 
 def store_summary(store: Store) -> dict[str, Any]:
     du = store.du()
-    stored = store.run_stored_bytes()
+    stored = {run: size for run, (size, _) in store.run_bytes().items()}
     return {
         "url": store.url,
         "read_only": store.read_only,
@@ -175,7 +174,6 @@ def store_summary(store: Store) -> dict[str, Any]:
         "compression": store.config.compression,
         **du.to_json(),
         "saved_str": human_bytes(du.saved_bytes),
-        "run_stored_bytes": stored,
         "runs": [{**r, "stored_bytes": stored.get(r["run"], 0)} for r in du.to_json()["runs"]],
         # Nothing records verify results yet: the page says how to run one.
         "last_verify": None,

@@ -66,4 +66,8 @@ def serve(store: Store, *, host: str = "127.0.0.1", port: int = 8765, allow_writ
         on_ready(url)
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    server.run(sockets=[sock])
+    stop_refreshing = app.state.start_refresher()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop_refreshing.set()
