@@ -334,11 +334,15 @@ class Store:
         folders and as stored after each (from the index)."""
         return _history.storage_growth(self._repo, run)
 
-    def run_bytes(self) -> dict[str, tuple[int, int]]:
-        """For each run, (stored, unique): bytes of the distinct blobs its checkpoints reference, and of those no
-        other run references (what deleting the run would free)."""
-        unique = self._repo.catalog.run_unique_bytes()
-        return {run: (size, unique.get(run, 0)) for run, size in self._repo.catalog.run_stored_bytes().items()}
+    def run_summaries(self) -> list[_history.RunSummary]:
+        """Every run at a glance (checkpoints, highest step, plain-folder bytes, last save, its best checkpoint),
+        from the index without reading every checkpoint's record."""
+        return _history.run_summaries(self._repo)
+
+    def run_stored_bytes(self) -> dict[str, int]:
+        """For each run, bytes of the distinct blobs its checkpoints reference (a blob shared by runs counts in
+        each; `du()` gives what only the run references)."""
+        return self._repo.catalog.run_stored_bytes()
 
     def children(self, ref: str) -> list[CheckpointInfo]:
         """The checkpoints whose parent is `ref`'s checkpoint (converted, fine-tuned or resumed from it)."""

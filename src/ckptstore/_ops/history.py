@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._core.info import CheckpointInfo
 from .._core.names import run_of, step_from_name
 from .._repo.documents import DELETED
 
@@ -44,6 +45,27 @@ class DeletedCheckpoint:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "run": self.run, "step": self.step}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run at a glance, from the index alone: its checkpoints, highest step, size as plain folders, last save,
+    and the checkpoint ``RUN:best`` points at (None before any checkpoint records the run's metric)."""
+
+    run: str
+    checkpoints: int
+    latest_step: int | None
+    logical_bytes: int
+    last_saved: float
+    best: CheckpointInfo | None
+
+
+def run_summaries(repo: "Repository") -> list[RunSummary]:
+    rows = repo.catalog.run_summary_rows()
+    best_ids = {run: cid for (run, tag), cid in repo.catalog.tags().items() if tag == "best"}
+    best = {c.id: c for c in repo.catalog.infos(ids=best_ids.values())} if best_ids else {}
+    return [RunSummary(run, n, step, logical, last, best.get(best_ids.get(run, "")))
+            for run, n, step, logical, last in rows]
 
 
 def storage_growth(repo: "Repository", run: str) -> list[StorageStep]:

@@ -395,6 +395,14 @@ class Catalog:
             (run, run),
         ).fetchall()
 
+    def run_summary_rows(self) -> list[tuple[str, int, int | None, int, float]]:
+        """(run, checkpoints, highest step, logical bytes, newest created_at) of every run, without parsing a
+        checkpoint's JSON."""
+        return self.db.execute(
+            "SELECT run, count(*), max(step), coalesce(sum(logical_bytes), 0), max(created_at) FROM checkpoints"
+            " GROUP BY run ORDER BY run"
+        ).fetchall()
+
     def child_ids(self, cid: str) -> list[str]:
         """Ids of the checkpoints whose parent is `cid`."""
         return [r[0] for r in self.db.execute("SELECT id FROM checkpoints WHERE parent = ? ORDER BY name", (cid,))]

@@ -33,39 +33,25 @@ def _policy_text(store: Store, run: str) -> str:
     return str(policy) if policy is not None else "none: every checkpoint is kept"
 
 
-def _record(c: Any) -> dict[str, Any]:
-    d = c.to_json()
-    d["metrics"] = _metrics(d["metrics"])
-    return d
-
-
 def runs(store: Store) -> dict[str, Any]:
     """Every run: checkpoints, latest step, best metric, policy in words, logical and stored bytes."""
-    infos = store.list()
-    sizes = store.run_bytes()
-    by_run: dict[str, list] = {}
-    for c in infos:
-        by_run.setdefault(c.run, []).append(c)
-    tags = store.tags()
+    stored = store.run_stored_bytes()
+    unique = {r.run: r.unique_bytes for r in store.du().runs}
     out = []
-    for run in sorted(by_run):
-        cs = by_run[run]
-        metric, mode = store.best_metric(run)
-        best_id = tags.get(f"{run}:best")
-        best = next((c for c in cs if c.id == best_id), None)
-        steps = [c.step for c in cs if c.step is not None]
+    for r in store.run_summaries():
+        metric, mode = store.best_metric(r.run)
         out.append({
-            "run": run,
-            "checkpoints": len(cs),
-            "latest_step": max(steps) if steps else None,
-            "best": None if best is None else {"name": best.name, "metric": metric, "mode": mode,
-                                               "value": _num(best.metrics.get(metric))},
+            "run": r.run,
+            "checkpoints": r.checkpoints,
+            "latest_step": r.latest_step,
+            "best": None if r.best is None else {"name": r.best.name, "metric": metric, "mode": mode,
+                                                 "value": _num(r.best.metrics.get(metric))},
             "best_metric": metric,
-            "policy": _policy_text(store, run),
-            "logical_bytes": sum(c.logical_bytes for c in cs),
-            "stored_bytes": sizes.get(run, (0, 0))[0],
-            "unique_bytes": sizes.get(run, (0, 0))[1],
-            "last_saved": max(c.created_at for c in cs),
+            "policy": _policy_text(store, r.run),
+            "logical_bytes": r.logical_bytes,
+            "stored_bytes": stored.get(r.run, 0),
+            "unique_bytes": unique.get(r.run, 0),
+            "last_saved": r.last_saved,
         })
     return {"runs": out}
 
@@ -84,13 +70,18 @@ def run(store: Store, run: str, deleted: list) -> dict[str, Any]:
     checkpoints = []
     for c in infos:
         g = growth.get(c.id)
-        user_tags = [t for t in c.tags if t not in ("latest", "best")]
+        # What the chart and the table need, no more: a run page of 1,000 checkpoints carries all of it.
         checkpoints.append({
-            **_record(c),
+            "name": c.name,
+            "step": c.step,
+            "created_at": c.created_at,
+            "tags": list(c.tags),
+            "user_tags": [t for t in c.tags if t not in ("latest", "best")],
+            "metrics": _metrics(c.metrics),
+            "logical_bytes": c.logical_bytes,
             "new_bytes": g.new_bytes if g else None,
             "best": c.id == best_id,
             "latest": c.id == latest_id,
-            "user_tags": user_tags,
         })
     return {
         "run": run,
@@ -100,7 +91,8 @@ def run(store: Store, run: str, deleted: list) -> dict[str, Any]:
         "metrics": metrics,
         "checkpoints": checkpoints,
         "pruned": [d.to_json() for d in sorted(deleted, key=lambda d: (d.step is None, d.step or 0, d.name))],
-        "storage": [g.to_json() for g in storage],
+        "storage": [{"created_at": g.created_at, "folders_bytes": g.folders_bytes, "stored_bytes": g.stored_bytes}
+                    for g in storage],
     }
 
 
@@ -166,7 +158,7 @@ def diff(store: Store, a: str, b: str) -> dict[str, Any]:
 
 def store_summary(store: Store) -> dict[str, Any]:
     du = store.du()
-    stored = {run: size for run, (size, _) in store.run_bytes().items()}
+    stored = store.run_stored_bytes()
     return {
         "url": store.url,
         "read_only": store.read_only,

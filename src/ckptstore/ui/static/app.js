@@ -27,6 +27,17 @@
     return i === 0 ? `${n.toFixed(0)} B` : `${n.toFixed(1)} ${units[i]}`;
   }
 
+  function when(ts) {
+    if (ts === null || ts === undefined) return "";
+    const d = new Date(ts * 1000);
+    const p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+
+  function metric(v) {
+    return typeof v === "number" ? String(Number(v.toPrecision(4))) : v === undefined || v === null ? "" : String(v);
+  }
+
   function ckptHref(name) {
     return "/c/" + name.split("/").map(encodeURIComponent).join("/");
   }
@@ -149,7 +160,46 @@
     node.dataset.points = String(s.length);
   }
 
+  function cell(text, sort, cls) {
+    const td = el("td", cls ? { class: cls } : {}, text);
+    td.dataset.sort = sort === null || sort === undefined ? "" : String(sort);
+    return td;
+  }
+
+  // The checkpoint table is built here from the page data (a run can hold thousands of checkpoints: the server
+  // sends them once, as JSON, instead of as both JSON and HTML).
+  function checkpointRows(run) {
+    const body = document.getElementById("checkpoint-rows");
+    const rows = [];
+    for (const c of run.checkpoints) {
+      const tr = el("tr", { class: [c.best ? "best" : "", c.latest ? "latest" : ""].join(" ").trim() });
+      tr.dataset.name = c.name;
+      const pick = el("input", { type: "checkbox", class: "pick", "aria-label": `select ${c.name}` });
+      pick.value = c.name;
+      const tags = el("td");
+      tags.dataset.sort = c.tags.join(" ");
+      for (const t of c.tags) tags.append(el("span", { class: `tag tag-${t === "best" || t === "latest" ? t : "user"}` }, t));
+      tr.append(el("td", {}, pick), cell(c.step ?? "", c.step, "num"),
+        cell(el("a", { class: "ckpt-link", href: ckptHref(c.name) }, c.name), c.name),
+        cell(when(c.created_at), c.created_at, "num"),
+        ...run.metrics.map((m) => cell(metric(c.metrics[m]), typeof c.metrics[m] === "number" ? c.metrics[m] : null, "num")),
+        tags, cell(bytes(c.logical_bytes), c.logical_bytes, "num"), cell(bytes(c.new_bytes), c.new_bytes, "num"));
+      rows.push(tr);
+    }
+    for (const p of run.pruned) {
+      const tr = el("tr", { class: "pruned" });
+      tr.dataset.name = p.name;
+      tr.append(el("td"), cell(p.step ?? "", p.step, "num"),
+        cell(el("span", {}, el("s", {}, p.name), " ", el("span", { class: "muted" }, "pruned")), p.name),
+        cell("", null, "num"), ...run.metrics.map(() => cell("", null, "num")), cell("", null),
+        cell("gone", null, "num"), cell("", null, "num"));
+      rows.push(tr);
+    }
+    body.append(...rows);
+  }
+
   function runPage() {
+    checkpointRows(data);
     const select = document.getElementById("metric-select");
     if (select) {
       metricChart(data, select.value);
