@@ -277,3 +277,17 @@ def test_prune_plan_then_act(ui):
     assert post("prune", {"run": "other"}).json()["type"] == "PolicyError"  # no policy, none given
     assert post("prune", {"run": "sst2", "keep_last": "many"}).status_code == 400
     assert post("nope", {}).status_code == 404
+
+
+def test_byte_totals_follow_saves_and_deletes(ui):
+    store, _, client = ui
+    c = client()
+    before = c.get("/api/store").json()
+    assert before["checkpoints"] == store.du().checkpoints
+    store.delete(["sst2/step-500"])
+    after = c.get("/api/store").json()
+    du = store.du()
+    assert (after["checkpoints"], after["logical_bytes"], after["stored_bytes"]) == (
+        before["checkpoints"] - 1, du.logical_bytes, du.stored_bytes)
+    runs = {r["run"]: r for r in c.get("/api/runs").json()["runs"]}
+    assert runs["sst2"]["stored_bytes"] == store.run_stored_bytes()["sst2"] < before["runs"][2]["stored_bytes"]

@@ -64,6 +64,7 @@ class _Backend:
         self.refreshed = time.monotonic()
         self.deleted_names: dict[str, str] = {}  # deletion records never change: read each once
         self.stopping: threading.Event | None = None
+        self.totals = data.ByteTotals()
 
     def _refresh(self) -> None:
         try:
@@ -151,7 +152,7 @@ def create_app(store: Store, *, allow_write: bool = False, allowed_hosts: list[s
 
     # -- pages --------------------------------------------------------------------------------------------------
     async def runs_page(request: Request) -> Response:
-        return page(request, "runs.html", "Runs", await backend.call(data.runs, store))
+        return page(request, "runs.html", "Runs", await backend.call(data.runs, store, backend.totals))
 
     async def run_page(request: Request) -> Response:
         run = request.path_params["run"]
@@ -175,7 +176,7 @@ def create_app(store: Store, *, allow_write: bool = False, allowed_hosts: list[s
         return page(request, "diff.html", "Diff", {"a": a, "b": b, "names": names})
 
     async def store_page(request: Request) -> Response:
-        return page(request, "store.html", "Store", await backend.call(data.store_summary, store))
+        return page(request, "store.html", "Store", await backend.call(data.store_summary, store, backend.totals))
 
     # -- API ----------------------------------------------------------------------------------------------------
     def api(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -229,12 +230,12 @@ def create_app(store: Store, *, allow_write: bool = False, allowed_hosts: list[s
         Route("/c/{ref:path}", checkpoint_page),
         Route("/diff", diff_page),
         Route("/store", store_page),
-        Route("/api/runs", api(lambda r: data.runs(store))),
+        Route("/api/runs", api(lambda r: data.runs(store, backend.totals))),
         Route("/api/runs/{run}", api(lambda r: data.run(store, r.path_params["run"],
                                                          backend.deleted(r.path_params["run"])))),
         Route("/api/checkpoints/{ref:path}", api(lambda r: data.checkpoint(store, r.path_params["ref"]))),
         Route("/api/diff", api(api_diff)),
-        Route("/api/store", api(lambda r: data.store_summary(store))),
+        Route("/api/store", api(lambda r: data.store_summary(store, backend.totals))),
         Route("/api/store/gc", api(lambda r: data.gc_estimate(store))),
         Route("/api/write/{action}", api_write, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),

@@ -33,12 +33,31 @@ def _policy_text(store: Store, run: str) -> str:
     return str(policy) if policy is not None else "none: every checkpoint is kept"
 
 
-def runs(store: Store) -> dict[str, Any]:
+class ByteTotals:
+    """`du()` and the bytes per run, kept while the store's checkpoints stay the same: they sum over every blob
+    reference in the index (tens of milliseconds at a thousand checkpoints), and change only when a checkpoint
+    is saved or deleted, which changes a run's count or its newest save time."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: tuple[Any, dict[str, int]] | None = None
+
+    def get(self, store: Store, summaries: list | None = None) -> tuple[Any, dict[str, int]]:
+        summaries = store.run_summaries() if summaries is None else summaries
+        key = tuple((r.run, r.checkpoints, r.logical_bytes, r.last_saved) for r in summaries)
+        if key != self._key or self._value is None:
+            self._value = (store.du(), store.run_stored_bytes())
+            self._key = key
+        return self._value
+
+
+def runs(store: Store, totals: ByteTotals | None = None) -> dict[str, Any]:
     """Every run: checkpoints, latest step, best metric, policy in words, logical and stored bytes."""
-    stored = store.run_stored_bytes()
-    unique = {r.run: r.unique_bytes for r in store.du().runs}
+    summaries = store.run_summaries()
+    du, stored = (totals or ByteTotals()).get(store, summaries)
+    unique = {r.run: r.unique_bytes for r in du.runs}
     out = []
-    for r in store.run_summaries():
+    for r in summaries:
         metric, mode = store.best_metric(r.run)
         out.append({
             "run": r.run,
@@ -156,9 +175,8 @@ def diff(store: Store, a: str, b: str) -> dict[str, Any]:
     return report
 
 
-def store_summary(store: Store) -> dict[str, Any]:
-    du = store.du()
-    stored = store.run_stored_bytes()
+def store_summary(store: Store, totals: ByteTotals | None = None) -> dict[str, Any]:
+    du, stored = (totals or ByteTotals()).get(store)
     return {
         "url": store.url,
         "read_only": store.read_only,
