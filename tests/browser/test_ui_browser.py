@@ -135,6 +135,7 @@ def test_script_canary_shows_as_text_and_never_runs(page, ui_server, store_copy,
     assert page.locator("#message").inner_text() == CANARY_MESSAGE
     metadata = page.locator("#metadata").inner_text()
     assert CANARIES[1] in metadata and CANARIES[3] in metadata
+    assert CANARIES[2] in metadata  # inside the nested value, shown as JSON text
     page.screenshot(path=str(screenshots / "canary.png"), full_page=True)
     page.goto(server.url + "/runs/canary")
     assert CANARY_METRIC in page.locator("#metric-select").inner_text()

@@ -9,6 +9,7 @@ carries the CSRF token the pages were served with.
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -49,7 +50,10 @@ def _fmt_metric(v: Any) -> str:
 
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
-    env.filters.update(bytes=lambda n: "" if n is None else human_bytes(n), time=_fmt_time, metric=_fmt_metric)
+    # `pretty` is for showing JSON as text (autoescaped like any text); Jinja's `tojson` is only for the page-data
+    # block, where its \u003c escapes keep a value from closing the script element.
+    env.filters.update(bytes=lambda n: "" if n is None else human_bytes(n), time=_fmt_time, metric=_fmt_metric,
+                       pretty=lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str))
     return env
 
 
