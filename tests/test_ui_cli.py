@@ -48,6 +48,7 @@ def test_serves_on_loopback_and_stops_on_sigterm(store, tiny_bert):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=30)
     assert refused.value.code == 400
+    refused.value.close()
     code, err = _stop(proc)
     # uvicorn shuts down cleanly, then re-raises the signal so the parent sees how the process ended.
     assert code == -signal.SIGTERM and "Traceback" not in err

@@ -152,7 +152,8 @@ def _post(url: str, action: str, body: dict, token: str) -> tuple[int, dict]:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        with exc:
+            return exc.code, json.loads(exc.read())
 
 
 def test_write_actions_refused_without_allow_write(page, ui_server, store_copy):
