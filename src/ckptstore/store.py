@@ -22,6 +22,7 @@ from ._ops import collections as _collections, family as _family, modelinfo as _
 from ._core.collection import Collection
 from ._core.family import FamilyMember
 from ._core.modelinfo import ModelInfo
+from ._ops import history as _history
 from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
 from ._ops.sync import SyncReport
@@ -499,3 +500,29 @@ class Store:
         from ._ops import dcp_export as _dcp_export
 
         return _dcp_export.export_hf(self._repo, ref, Path(dest), max_shard_size=max_shard_size, verify=verify)
+
+    # -- the web view (ckpt ui) ---------------------------------------------------------------------------------
+    def storage_growth(self, run: str) -> list[_history.StorageStep]:
+        """The run's stored checkpoints in save order with the bytes each added, and the run's totals as plain
+        folders and as stored after each (from the index)."""
+        return _history.storage_growth(self._repo, run)
+
+    def run_summaries(self) -> list[_history.RunSummary]:
+        """Every run at a glance (checkpoints, highest step, plain-folder bytes, last save, its best checkpoint),
+        from the index without reading every checkpoint's record."""
+        return _history.run_summaries(self._repo)
+
+    def run_stored_bytes(self) -> dict[str, int]:
+        """For each run, bytes of the distinct blobs its checkpoints reference (a blob shared by runs counts in
+        each; `du()` gives what only the run references)."""
+        return self._repo.catalog.run_stored_bytes()
+
+    def children(self, ref: str) -> list[CheckpointInfo]:
+        """The checkpoints whose parent is `ref`'s checkpoint (converted, fine-tuned or resumed from it)."""
+        ids = self._repo.catalog.child_ids(self.resolve(ref))
+        return sorted(self._repo.catalog.infos(ids=ids), key=lambda c: c.name) if ids else []
+
+    def deleted(self, run: str | None = None, *, known: dict[str, str] | None = None) -> list[_history.DeletedCheckpoint]:
+        """Checkpoints the store deleted (rm, prune), of `run` when given: id, name and the step in the name.
+        `known` (id -> name, from an earlier call) spares re-reading records, which never change."""
+        return _history.deleted_checkpoints(self._repo, run, known)

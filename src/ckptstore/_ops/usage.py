@@ -12,21 +12,15 @@ if TYPE_CHECKING:
 
 def du(repo: "Repository") -> DiskUsage:
     cat = repo.catalog
-    infos = cat.infos()
+    runs = cat.run_summary_rows()  # sums in SQLite: no checkpoint's JSON parsed
     stored, blobs = cat.stored_bytes()
     unique = cat.run_unique_bytes()
-    runs: dict[str, list[CheckpointInfo]] = {}
-    for c in infos:
-        runs.setdefault(c.run, []).append(c)
     return DiskUsage(
-        logical_bytes=sum(c.logical_bytes for c in infos),
+        logical_bytes=sum(logical for _, _, _, logical, _ in runs),
         stored_bytes=stored,
-        checkpoints=len(infos),
+        checkpoints=sum(n for _, n, _, _, _ in runs),
         blobs=blobs,
-        runs=tuple(
-            RunUsage(run, len(cs), sum(c.logical_bytes for c in cs), unique.get(run, 0))
-            for run, cs in sorted(runs.items())
-        ),
+        runs=tuple(RunUsage(run, n, logical, unique.get(run, 0)) for run, n, _, logical, _ in runs),
     )
 
 

@@ -378,6 +378,47 @@ class Catalog:
             out[d] = self.db.execute("SELECT count(*) FROM blob_refs WHERE digest = ?", (d,)).fetchone()[0]
         return out
 
+    # -- a run's storage history (the web view) ----------------------------------------------------------------
+    def run_growth_rows(self, run: str) -> list[tuple[str, str, float, int, int]]:
+        """(id, name, created_at, logical bytes, new bytes) of the run's checkpoints in save order; new bytes are
+        those of blobs no checkpoint of the run saved before it references. One query, no JSON parsed: a run
+        page of 1,000 checkpoints asks for it."""
+        order = "c.created_at, coalesce(c.step, 0), c.name"
+        return self.db.execute(
+            f"""
+            SELECT c.id, c.name, c.created_at, c.logical_bytes, coalesce(n.bytes, 0) FROM checkpoints c
+            LEFT JOIN (
+                SELECT checkpoint, sum(size) AS bytes FROM (
+                    SELECT b.checkpoint AS checkpoint, b.size AS size,
+                           row_number() OVER (PARTITION BY b.digest ORDER BY {order}) AS first
+                    FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint WHERE c.run = ?
+                ) WHERE first = 1 GROUP BY checkpoint
+            ) n ON n.checkpoint = c.id
+            WHERE c.run = ? ORDER BY {order}
+            """,
+            (run, run),
+        ).fetchall()
+
+    def run_summary_rows(self) -> list[tuple[str, int, int | None, int, float]]:
+        """(run, checkpoints, highest step, logical bytes, newest created_at) of every run, without parsing a
+        checkpoint's JSON."""
+        return self.db.execute(
+            "SELECT run, count(*), max(step), coalesce(sum(logical_bytes), 0), max(created_at) FROM checkpoints"
+            " GROUP BY run ORDER BY run"
+        ).fetchall()
+
+    def child_ids(self, cid: str) -> list[str]:
+        """Ids of the checkpoints whose parent is `cid`."""
+        return [r[0] for r in self.db.execute("SELECT id FROM checkpoints WHERE parent = ? ORDER BY name", (cid,))]
+
+    def run_stored_bytes(self) -> dict[str, int]:
+        """For each run, bytes of the distinct blobs its checkpoints reference (shared with other runs or not)."""
+        rows = self.db.execute(
+            "SELECT run, coalesce(sum(size), 0) FROM (SELECT DISTINCT c.run AS run, b.digest AS digest,"
+            " b.size AS size FROM blob_refs b JOIN checkpoints c ON c.id = b.checkpoint) GROUP BY run"
+        ).fetchall()
+        return {r: int(s) for r, s in rows}
+
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:

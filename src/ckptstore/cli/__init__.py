@@ -44,6 +44,7 @@ COMMANDS = [
     ("cmd_validate", "validate"),
     ("cmd_collection", "collection"),
     ("cmd_info", "info"),
+    ("cmd_ui", "ui"),
     ("cmd_completion", "completion"),
     ("cmd_card", "card"),
     ("cmd_push", "push"),
