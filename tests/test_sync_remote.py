@@ -54,6 +54,12 @@ def test_ckpt_sync_pushes_a_local_store_to_a_bucket_and_pulls_it_back_on_another
     assert tree_sha256(tmp_path / "out") == tree_sha256(tiny_bert_dir)
     assert back.verify().ok
 
+    # The API takes the URL as the CLI does.
+    report = Store.init(tmp_path / "api").sync_from(s3_url, "bert:v1")
+    assert [c.id for c in report.copied] == [first.id]
+    report = Store.open(tmp_path / "local").sync(s3_url, dry_run=True)
+    assert report.copied == () and sorted(report.present) == ["bert/step-1", "bert/step-2"]
+
 
 @pytest.mark.slow
 def test_trainer_run_replicating_to_a_bucket_ends_with_what_the_policy_keeps_on_both_sides(
