@@ -19,7 +19,7 @@ from ckptstore.policies import RetentionPolicy
 
 def ckpt_in(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """The `ckpt` command as a real process started in `cwd` (so './local' means what it says)."""
-    return subprocess.run([sys.executable, "-m", "ckptstore", *args], cwd=cwd, env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "ckptstore", *args], cwd=cwd, env={**os.environ, **env}, check=False,
                           capture_output=True, text=True, timeout=300)
 
 
