@@ -94,6 +94,16 @@ def s3_url(moto_server, monkeypatch, tmp_path) -> str:
     return f"s3://{bucket}/store"
 
 
+def flip_object_bit(client, url: str, key: str) -> None:
+    """Flip one bit of the object at `key` of the store at `url` on the server, keeping its size (bit rot in the
+    bucket, where the store's own client and its caches never see it being written)."""
+    bucket, _, prefix = url.split("://", 1)[1].partition("/")
+    full = f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
+    raw = bytearray(client.get_object(Bucket=bucket, Key=full)["Body"].read())
+    raw[0] ^= 1
+    client.put_object(Bucket=bucket, Key=full, Body=bytes(raw))
+
+
 class TcpProxy:
     """A TCP relay in front of the server: stopping it is the server going away for the client (connections cut,
     new ones refused) while what the server stored stays, so a test can retry against the same bucket after."""

@@ -18,9 +18,11 @@ import pytest
 import torch
 from conformance.memory_backend import MemoryBackend
 from conftest import make_tiny_bert
+from s3server import flip_object_bit
 from storefiles import blob_path
 
 from ckptstore import CorruptObject, Store
+from ckptstore._backend.objectstore import ObjectStoreBackend
 from ckptstore.errors import StoreNotFound, SyncConflict
 from ckptstore.policies import RetentionPolicy
 
@@ -83,12 +85,16 @@ def documents(store: Store) -> dict[str, bytes]:
     return out
 
 
-def damage_blob(store: Store, digest: str) -> None:
-    """Flip one bit of a stored blob, keeping its size (bit rot)."""
+def damage_blob(store: Store, digest: str, request: pytest.FixtureRequest) -> None:
+    """Flip one bit of a stored blob where the store keeps it, keeping its size (bit rot): in the bucket for a
+    remote store (not in this machine's blob cache of it), in its dict for a memory store, in its file otherwise."""
     backend = store._repo.backend
     if isinstance(backend, MemoryBackend):
         data, mtime = backend.blobs.data[digest]
         backend.blobs.data[digest] = (bytes([data[0] ^ 1]) + data[1:], mtime)
+    elif isinstance(backend, ObjectStoreBackend):
+        key = f"objects/{digest[:2]}/{digest[2:]}"
+        flip_object_bit(request.getfixturevalue("moto_server").client(), backend.url, key)
     else:
         path = blob_path(store, digest)
         raw = bytearray(path.read_bytes())
@@ -317,12 +323,12 @@ def test_a_dry_run_reports_and_writes_nothing(pair):
     assert (real.blobs_transferred, real.bytes_transferred) == (plan.blobs_transferred, plan.bytes_transferred)
 
 
-def test_a_damaged_source_blob_is_refused_and_nothing_becomes_visible(pair):
+def test_a_damaged_source_blob_is_refused_and_nothing_becomes_visible(pair, request):
     src, dst = pair
     info = src.save(fine_tuned(0, 1), "r/step-1")
     manifest = src.manifest(info.id)
     weights = manifest.file("model.safetensors")
-    damage_blob(src, weights.blobs[3].digest)
+    damage_blob(src, weights.blobs[3].digest, request)
 
     with pytest.raises(CorruptObject, match=r"r/step-1 \(model.safetensors\)"):
         src.sync(dst)

@@ -110,6 +110,38 @@ def test_a_save_returns_while_the_replication_waits(store, tmp_path):
     assert {c.id for c in mirror.list()} == {c.id for c in store.list()}
 
 
+def test_a_checkpoint_a_sync_was_reading_when_the_source_pruned_it_is_pruned_after_the_copy(store, tmp_path):
+    """The sync leases each checkpoint at the source while it copies it, so the training loop's prune after a save
+    keeps it as in use; after the last save no other prune comes back for it, so the replicator does."""
+    from ckptstore._repo import leases
+
+    mirror = Store.init(tmp_path / "mirror")
+    manager = CheckpointManager(store, "run", policy=RetentionPolicy(keep_last=1), replicate_to=tmp_path / "mirror",
+                                save_on_signal=False)
+    _train(manager, (1,), (0.5,))
+    assert manager.replicator.flush(timeout=60)  # the run's settings are at the mirror: later syncs write none
+    with mirror._repo.coord.lock("objects", exclusive=True):  # as a gc there would: the copy waits, leasing step 2
+        _train(manager, (2,), (0.4,))
+        second = store.info("run/step-2").id
+        deadline = time.monotonic() + 60
+        while second not in _in_use(store, leases):
+            assert time.monotonic() < deadline, "the sync never leased the checkpoint it copies"
+            time.sleep(0.05)
+        _train(manager, (3,), (0.3,))  # the last save: its prune keeps step 2, in use by the sync
+        assert store.has("run/step-2")
+    manager.close()
+
+    assert {c.name for c in store.list("run")} == {"run/step-3"}
+    mirror.refresh()
+    assert {c.name for c in mirror.list("run")} == {"run/step-3"}
+    assert manager.replicator.failures == 0
+
+
+def _in_use(store: Store, leases) -> frozenset[str]:
+    with store._repo.commit_lock():
+        return leases.in_use(store._repo)
+
+
 def test_a_failed_replication_is_a_warning_and_the_next_save_retries_it(store, tmp_path):
     manager = CheckpointManager(store, "run", replicate_to=tmp_path / "mirror", save_on_signal=False)
     failpoints.configure("sync.blob:raise@1")  # the first blob the first sync sends fails, as a dropped link would

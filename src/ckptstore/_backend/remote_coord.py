@@ -53,6 +53,10 @@ class RemoteCoordination:
                 try:
                     if is_lease:
                         self.docs.put(name + "/" + token, _deadline(self.ttl))
+                        with self._lock:
+                            released = token not in self._held
+                        if released:  # released while this beat was renewing it: the beat wrote it back, live
+                            self.docs.remove(name + "/" + token)
                     else:
                         self._update(name, lambda holders, t=token: _renew(holders, t, self.ttl), wait=False)
                 except Exception:  # noqa: BLE001 - a missed beat is retried at the next; the deadline has slack

@@ -395,17 +395,23 @@ def _transfer(src: "Repository", dst: "Repository", missing: dict[str, int], whe
     session = dst.blobs.session()
     sent: dict[str, int] = {}
 
+    def refused(digest: str, what: str = "does not match its hash") -> CorruptObject:
+        return CorruptObject(
+            f"Blob {digest[:12]} of {where(digest)} at {src.url} {what}; it was not copied.",
+            digest=digest,
+            hint=f"Run 'ckpt verify' on {src.url} to list every damaged checkpoint; nothing damaged was copied.",
+        )
+
     def one(item: tuple[str, int]) -> None:
         digest, size = item
         failpoint("sync.blob")
         # A local source's blob is mapped, not copied into memory first; others are read (one ranged GET each).
-        data = (src.blobs.map([(digest, size)]) if size else None) or src.blobs.read(digest)
+        try:
+            data = (src.blobs.map([(digest, size)]) if size else None) or src.blobs.read(digest)
+        except CorruptObject:  # a remote source checks each blob on arrival: said here of its checkpoint and file
+            raise refused(digest, "is missing or does not match its hash") from None
         if len(data) != size or hash_bytes(data) != digest:
-            raise CorruptObject(
-                f"Blob {digest[:12]} of {where(digest)} at {src.url} does not match its hash; it was not copied.",
-                digest=digest,
-                hint=f"Run 'ckpt verify' on {src.url} to list every damaged checkpoint; nothing damaged was copied.",
-            )
+            raise refused(digest)
         if session.put(digest, data):
             sent[digest] = size
         if on_progress is not None:

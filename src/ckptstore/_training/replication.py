@@ -13,7 +13,9 @@ Rules, and why:
   manager call it at the end of training, and the process does at exit.
 - Retention on both sides by the run's policy: the training store applies it after each save; each sync gives the
   destination the run's settings (replacing older ones there) and the destination applies them after the copy,
-  and checkpoints the training store pruned before they were sent are not sent.
+  and checkpoints the training store pruned before they were sent are not sent. A sync leases at the source what it
+  copies, so a prune there meanwhile keeps it as in use: after a sync that copied something, the replicator applies
+  the policy at the source again (after the last save of a run nothing else would).
 """
 
 from __future__ import annotations
@@ -140,12 +142,32 @@ class Replicator:
         self._done.update(c.id for c in source.list(self.run) if c.name in names)
         log.info("Replicated %d checkpoint(s) of %s to %s (%d bytes sent)", len(report.copied), self.run,
                  self.destination_url, report.bytes_transferred)
+        if report.copied:
+            self._prune_source(source)
         if report.pruned and self.gc:
             try:
                 destination.gc(timeout=0)
             except StoreLocked:
                 log.debug("gc at %s skipped: the store is busy", self.destination_url)
         report.raise_for_conflicts()
+
+    def _prune_source(self, source: Store) -> None:
+        """Apply the run's policy at the source again. The sync leased each checkpoint at the source while copying
+        it, and a prune there meanwhile (the training loop's, after a save) kept it as in use: after the last save
+        of a run no other prune would come back for it, and the training store would keep it for good."""
+        if source.read_only:
+            return
+        try:
+            if source.get_policy(self.run) is None:
+                return
+            result = source.prune(self.run)
+            if result.plan.remove and self.gc:
+                source.gc(timeout=0)
+        except StoreLocked:
+            log.debug("gc at %s skipped: the store is busy", source.url)
+        except Exception as exc:  # noqa: BLE001 - housekeeping: the next save's prune tries again
+            log.warning("Applying the policy of run %r in %s after replicating it failed (%s); run 'ckpt prune %s'.",
+                        self.run, source.url, exc, self.run)
 
 
 def _flush_all_at_exit() -> None:
