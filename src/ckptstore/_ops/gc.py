@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .._core.failpoints import failpoint
 from .._core.info import human_bytes
 from .._repo import annotations
+from .._repo.encoded import delta_bases
 from ..errors import CkptError, CorruptObject, StoreLocked
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
         # references, every unclaimed manifest and every temporary blob file is garbage.
         claimed = set(repo.claims().values())
         referenced: set[str] = set()
+        raw_sizes: dict[str, int] = {}
         unclaimed = []
         for cid in sorted(repo.manifest_ids()):
             try:
@@ -91,10 +93,14 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
                     hint="Run 'ckpt verify' and restore or remove that manifest, then run gc again.",
                 ) from None
             if cid in claimed:
-                referenced.update(manifest.blob_refs())
+                raw_sizes.update(manifest.blob_refs())
             else:
                 unclaimed.append(cid)
-        garbage = tuple((d, s) for d, s, _ in repo.blobs.iter() if d not in referenced)
+        stored = {d: s for d, s, _ in repo.blobs.iter()}
+        referenced.update(raw_sizes)
+        # A packed blob may be a delta against a blob no checkpoint lists any more: that base stays while it does.
+        referenced |= delta_bases(repo.blobs, raw_sizes, stored)
+        garbage = tuple((d, s) for d, s in stored.items() if d not in referenced)
         tmp = tuple(repo.backend.leftovers(grace=TMP_GRACE_SECONDS))
         plan = GcPlan(garbage, tmp, len(referenced), saves_in_progress=saving, manifests=tuple(unclaimed))
         if dry_run:

@@ -25,6 +25,7 @@ from . import documents as keys
 from . import format1
 from . import annotations
 from .catalog import Catalog, open_catalog
+from .encoded import EncodedBlobs
 from .refs import Refs
 
 MIN_ID_PREFIX = 4
@@ -33,7 +34,7 @@ MIN_ID_PREFIX = 4
 class Repository:
     def __init__(self, backend: Backend, config: StoreConfig) -> None:
         self.backend = backend
-        self.blobs = backend.blobs
+        self.blobs = EncodedBlobs(backend.blobs)  # raw bytes whatever the stored form (packed blobs decode)
         self.docs = backend.documents
         self.coord = backend.coordination
         self.config = config

@@ -42,6 +42,7 @@ COMMANDS = [
     ("cmd_diff", "diff"),
     ("cmd_validate", "validate"),
     ("cmd_completion", "completion"),
+    ("cmd_pack", "pack"),
 ]
 
 
