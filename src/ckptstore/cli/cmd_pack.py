@@ -12,9 +12,11 @@ from ._app import command, counted, err, json_option, open_store, print_json
 @click.option("--level", type=click.IntRange(1, 22), default=None, help="zstd level (default 3).")
 @click.option("--due", "due", default=None, metavar="RUN",
               help="Pack what RUN's storage policy says is due (what a save starts in the background).")
+@click.option("--include-tagged", is_flag=True,
+              help="Pack the latest, best and tagged checkpoints too (their loads then decode).")
 @click.option("--quiet", is_flag=True, help="Print nothing.")
 @json_option
-def pack(refs: tuple[str, ...], dry_run: bool, level: int | None, due: str | None, quiet: bool, as_json: bool,
+def pack(refs: tuple[str, ...], dry_run: bool, level: int | None, due: str | None, include_tagged: bool, quiet: bool, as_json: bool,
          store_path: str | None) -> None:
     """Store checkpoints' blobs compressed: zstd over byte planes, or deltas against the checkpoint before.
 
@@ -34,7 +36,8 @@ def pack(refs: tuple[str, ...], dry_run: bool, level: int | None, due: str | Non
     if due is not None:
         report = store.pack_due(due)
     else:
-        report = store.pack(list(refs) or None, dry_run=dry_run, level=level)
+        report = store.pack(list(refs) or None, dry_run=dry_run, level=level,
+                            keep_raw=False if include_tagged else None)
     if quiet:
         return
     if as_json:
