@@ -235,3 +235,22 @@ def test_cli_pack(ckpt, trained_run):
     assert again.code == 0 and '"blobs_encoded": 0' in again.out
     assert ckpt("verify").code == 0
     assert ckpt("pack", "nosuch").code == 1
+
+
+def test_du_and_show_report_what_packing_saved(ckpt, trained_run):
+    import json
+
+    for i, folder in enumerate(trained_run, start=1):
+        assert ckpt("save", folder, f"run/step-{i}").code == 0
+    before = json.loads(ckpt("du", "--json").out)["storage"]["runs"]["run"]
+    assert before["zstd_saved_bytes"] == 0 and before["delta_saved_bytes"] == 0
+    assert before["dedup_saved_bytes"] > 0  # the config and the unchanged blobs
+    assert ckpt("pack", "run").code == 0
+    after = json.loads(ckpt("du", "--json").out)["storage"]
+    run = after["runs"]["run"]
+    assert run["zstd_saved_bytes"] > 0 and run["delta_saved_bytes"] > 0
+    assert run["stored_bytes"] == run["unique_bytes"] - run["zstd_saved_bytes"] - run["delta_saved_bytes"]
+    human = ckpt("du")
+    assert "DELTA SAVED" in human.out and "run" in human.out
+    shown = ckpt("show", "run/step-2")  # step-1 has no checkpoint before it: zstd only
+    assert "encodings" in shown.out and "delta" in shown.out and "zstd" in shown.out

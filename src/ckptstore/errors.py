@@ -68,6 +68,7 @@ __all__ = [
     "StoreLocked",
     "StoreNotFound",
     "StoreReadOnly",
+    "TrainingStateDropped",
     "UnsafePickle",
     "UsageError",
     "ValidationFailed",
@@ -305,3 +306,20 @@ class CompatibilityWarning(UserWarning):
 class StepMismatchWarning(UserWarning):
     """A Trainer checkpoint folder was saved under a name whose step differs from its trainer_state.json's
     global_step: one of the two is probably a mistake (a renamed or copied folder, a typo in the name)."""
+
+
+class TrainingStateDropped(IncompleteCheckpoint):
+    """A checkout of a checkpoint whose optimizer, scheduler and RNG state a run's storage policy dropped
+    (``keep_training_state``): it loads and exports, but a resume from it would restart the optimizer."""
+
+    def __init__(self, name: str, rule: str, newest: str | None) -> None:
+        self.name = name
+        self.rule = rule
+        self.newest = newest
+        where = f"the newest resumable checkpoint of the run is {newest!r}" if newest else "the run has none left"
+        super().__init__(
+            f"Checkpoint {name!r} cannot be resumed: its training state was dropped by the run's policy ({rule});"
+            f" {where}.",
+            hint=(f"ckpt checkout {newest} DIR" if newest else "Export its weights with 'ckpt export' instead.")
+            + " Keep more with 'ckpt policy RUN --keep-training-state N'.",
+        )

@@ -20,7 +20,7 @@ from ._ops import validate as _validate
 from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
 from ._ops.verify import VerifyReport
-from ._ops import packing as _pack_select
+from ._ops import packing as _pack_select, slim as _slim, storage_report as _storage_report
 from ._ops.pack import PackReport
 from ._repo import leases as _leases
 from ._repo.opening import backend_for, init_repository, open_repository, upgrade
@@ -362,6 +362,7 @@ class Store:
         from .errors import RetentionWarning
 
         try:
+            _slim.slim(self._repo, run)  # before packing: never encode what is about to be dropped
             proc = _pack_select.start_background_pack(self._repo, run)
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"Saved, but starting the run's packing failed ({exc}); run 'ckpt pack {run}'.",
@@ -369,3 +370,16 @@ class Store:
             return
         if proc is not None:
             self._packers = [p for p in getattr(self, "_packers", []) if p.poll() is None] + [proc]
+
+    def slim(self, run: str, keep: int | None = None, *, dry_run: bool = False) -> list[str]:
+        """Drop the optimizer, scheduler and RNG state of the run's checkpoints beyond the newest `keep` (default:
+        the run's StoragePolicy.keep_training_state); they stay loadable. Returns the names slimmed."""
+        return _slim.slim(self._repo, run, keep, dry_run=dry_run)
+
+    def encodings(self, ref: str) -> dict[str, dict[str, int]]:
+        """How the checkpoint's blobs are stored: encoding -> {"blobs", "raw_bytes", "stored_bytes"}."""
+        return _storage_report.encoding_mix(self._repo, self.resolve(ref))
+
+    def storage_usage(self) -> dict[str, Any]:
+        """Per run and in total: logical, unique and stored bytes, and what dedup, zstd and deltas saved."""
+        return _storage_report.storage_usage(self._repo)

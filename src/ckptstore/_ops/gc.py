@@ -79,7 +79,7 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
             )
         # No save is in flight now (each holds the objects lock shared), so every blob no claimed manifest
         # references, every unclaimed manifest and every temporary blob file is garbage.
-        claimed = set(repo.claims().values())
+        claimed = set(repo.claims(fresh=True).values())
         referenced: set[str] = set()
         raw_sizes: dict[str, int] = {}
         unclaimed = []

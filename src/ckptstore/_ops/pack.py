@@ -88,6 +88,21 @@ def _width(entry: FileEntry, index: int, tensor_dtype: dict[int, str], data: byt
     return best
 
 
+def _delta_pays(raw: bytes, base: bytes, width: int) -> bool:
+    """Whether XOR against `base` compresses better than the blob alone, judged on a sample (one fast level)."""
+    import zstandard
+
+    if len(raw) <= _SAMPLE:
+        a, b = raw, base
+    else:  # three slices: the start, the middle and the end
+        step = len(raw) // 3
+        cuts = [(i * step, i * step + _SAMPLE // 3) for i in range(3)]
+        a = b"".join(raw[x:y] for x, y in cuts)
+        b = b"".join(base[x:y] for x, y in cuts)
+    compress = zstandard.ZstdCompressor(level=1).compress
+    return len(compress(enc.group(enc.xor(a, b), width))) < len(compress(enc.group(a, width)))
+
+
 def _positions(manifest: Manifest) -> dict[tuple[str, int], tuple[BlobRef, str | None]]:
     """Each blob by its place in the checkpoint (file, index), with its tensor's dtype when known."""
     out: dict[tuple[str, int], tuple[BlobRef, str | None]] = {}
@@ -212,12 +227,10 @@ def _encode_all(repo: "Repository", jobs, *, level: int, threads: int | None) ->
             return ("raw", blob.size, blob.size)  # damaged: verify reports it; packing never hides it
         width = _width(entry, index, _dtype_by_index(entry), raw)
         base_raw = repo.blobs.read(base) if base is not None else None
+        if base_raw is not None and not _delta_pays(raw, base_raw, width):
+            base_raw = base = None  # the tensor moved too far (or was re-initialized) for a delta to pay
         depth = len(repo.blobs.chain(base)) + 1 if base is not None else 0
         data = enc.encode(raw, blob.digest, width=width, level=level, base=base_raw, base_digest=base, depth=depth)
-        if base_raw is not None:
-            plain = enc.encode(raw, blob.digest, width=width, level=level)
-            if len(plain) <= len(data):  # the tensor moved too far for the delta to pay
-                data = plain
         if len(data) >= blob.size * _WORTH:
             return ("raw", blob.size, blob.size)
         head = enc.parse_header(data, blob.digest)

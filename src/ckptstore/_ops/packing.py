@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .._core.names import check_run
 from .._repo.documents import settings_key, upsert
 from ..errors import InvalidArgument
 from ..policies import StoragePolicy
@@ -31,7 +32,7 @@ def set_storage(repo: "Repository", run: str, storage: StoragePolicy | None) -> 
     if storage is not None and not isinstance(storage, StoragePolicy):
         raise InvalidArgument(f"A run's storage policy must be a StoragePolicy, got {type(storage).__name__}.",
                               hint="Use StoragePolicy(pack_after=1, keep_training_state=1).")
-    repo.check_run(run)
+    check_run(run)  # a run may be set up before its first save, as with set_policy
     with repo.writing(), repo.commit_lock():
         old = _retention.read_settings(repo, run) or _retention.RunSettings()
         upsert(repo.docs, settings_key(run), dataclasses.replace(old, storage=storage).to_bytes())

@@ -138,9 +138,10 @@ class Repository:
         failpoint("name.release")
         self.docs.remove(keys.name_key(name))
 
-    def claims(self, on_disk: set[str] | None = None) -> dict[str, str]:
-        """name -> id of every claimed name. Claims never change once written (a delete removes one, a rename
-        writes a new one), so only claims the catalog does not know with a live manifest are read."""
+    def claims(self, on_disk: set[str] | None = None, *, fresh: bool = False) -> dict[str, str]:
+        """name -> id of every claimed name. Claims change only by a slim (_ops/slim.py), which removes the old
+        manifest right after switching the claim, so only claims the catalog does not know with a live manifest
+        are read; `fresh` reads every claim (gc: a slim killed between its switch and that removal)."""
         cat = self._catalog
         if self.config.format < 2:
             return format1.claims(self, cat.names_by_id() if cat is not None else {})
@@ -150,7 +151,7 @@ class Repository:
         for key in self.docs.list(keys.NAMES):
             name = keys.name_of_key(key)
             cid = known.get(name)
-            if cid is None or cid not in on_disk:
+            if fresh or cid is None or cid not in on_disk:
                 cid = self.claimed_id(name)
             if cid is not None:
                 out[name] = cid

@@ -43,6 +43,8 @@ COMMANDS = [
     ("cmd_validate", "validate"),
     ("cmd_completion", "completion"),
     ("cmd_pack", "pack"),
+    ("cmd_storage", "storage"),
+    ("cmd_slim", "slim"),
 ]
 
 
