@@ -209,7 +209,11 @@ def speed(tmp: Path, repeat: int) -> dict:
                               "encodings": report.encodings}
     print(f"\n[speed] packing: {report.candidate_bytes / cpu / 1e6:.0f} MB/s per CPU second (one thread;"
           f" {report.candidate_bytes / secs / 1e6:.0f} MB/s of wall time)", flush=True)
-    packed_ref = f"fp32/step-{folders[0].name.split('-')[1]}"
+    # The worst case: the newest checkpoint, whose deltas have the longest chains behind them.
+    packed_folder = folders[-1]
+    packed_ref = f"fp32/step-{packed_folder.name.split('-')[1]}"
+    out["packed_checkpoint_chain_depth"] = max(
+        (len(store._repo.blobs.chain(b.digest)) for f in store.manifest(packed_ref).files for b in f.blobs), default=0)
     latest_folder = folders[-1]
     raw_store = Store.init(tmp / "speed-raw")
     raw_store.save(latest_folder, "fp32/latest")
@@ -219,7 +223,7 @@ def speed(tmp: Path, repeat: int) -> dict:
                                                     "from_pretrained latest folder", "load raw latest",
                                                     "cp -r", "export packed")}
     ops = {
-        "from_pretrained packed folder": lambda: cls.from_pretrained(folders[0]),
+        "from_pretrained packed folder": lambda: cls.from_pretrained(packed_folder),
         "load packed": lambda: store.load(packed_ref, cls=cls),
         "from_pretrained latest folder": lambda: cls.from_pretrained(latest_folder),
         "load raw latest": lambda: raw_store.load("fp32/latest", cls=cls),
@@ -233,14 +237,14 @@ def speed(tmp: Path, repeat: int) -> dict:
             dest = tmp / "dest"
             _common.settle(dest)
             if name == "cp -r":
-                t, _ = _common.timed(lambda: subprocess.run(["cp", "-r", str(folders[0]), str(dest)], check=True))
+                t, _ = _common.timed(lambda: subprocess.run(["cp", "-r", str(packed_folder), str(dest)], check=True))
             else:
                 t, _ = _common.timed(lambda: store.export(packed_ref, dest))
             times[name].append(t)
     dest = tmp / "dest"
     _common.settle(dest)
     store.export(packed_ref, dest)
-    exact = all((dest / p.name).read_bytes() == p.read_bytes() for p in folders[0].iterdir() if p.is_file())
+    exact = all((dest / p.name).read_bytes() == p.read_bytes() for p in packed_folder.iterdir() if p.is_file())
     med = {k: statistics.median(v) for k, v in times.items()}
     out["medians_s"] = med
     out["export_byte_exact"] = exact

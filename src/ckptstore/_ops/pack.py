@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from .._core.info import CheckpointInfo
     from .._repo.repository import Repository
 
-DEFAULT_LEVEL = 3  # bench/bench_storage.py: the level table (ratio vs MB/s) this was chosen from
+# bench/bench_storage.py's level table: on XOR deltas grouped in byte planes, level 1 compressed as well as levels
+# 3 to 9, at twice their speed.
+DEFAULT_LEVEL = 1
 DEFAULT_MAX_CHAIN = 8  # a full copy at least every 8 deltas: a read decodes at most 8 bases
 MIN_BLOB = 4096  # smaller blobs (configs, headers, the pickle) gain little and cost a read each
 _WORTH = 0.97  # keep the raw form unless the encoded one saves at least 3%

@@ -9,7 +9,7 @@ from ._app import command, counted, err, json_option, open_store, print_json
 @command("pack")
 @click.argument("refs", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Say which checkpoints and blobs would be packed; change nothing.")
-@click.option("--level", type=click.IntRange(1, 22), default=None, help="zstd level (default 3).")
+@click.option("--level", type=click.IntRange(1, 22), default=None, help="zstd level (default 1: the bench's level table).")
 @click.option("--due", "due", default=None, metavar="RUN",
               help="Pack what RUN's storage policy says is due (what a save starts in the background).")
 @click.option("--include-tagged", is_flag=True,

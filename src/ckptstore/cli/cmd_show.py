@@ -107,9 +107,11 @@ def _storage_rows(store, info) -> list[tuple[str, str]]:
     """How the blobs are stored (raw, zstd, delta), and training state a storage policy dropped."""
     rows = []
     mix = store.encodings(info.id)
+    # Blob counts as "n of them": the files list below counts blobs per file, and tests read those counts.
     rows.append(("encodings", ", ".join(
-        f"{name} {counted(row['blobs'], 'blob')} ({fmt_bytes(row['raw_bytes'])}"
-        + (f" -> {fmt_bytes(row['stored_bytes'])})" if row["stored_bytes"] != row["raw_bytes"] else ")")
+        f"{name} {fmt_bytes(row['raw_bytes'])}"
+        + (f" stored in {fmt_bytes(row['stored_bytes'])}" if row["stored_bytes"] != row["raw_bytes"] else "")
+        + f" ({row['blobs']:,} of them)"
         for name, row in sorted(mix.items()))))
     slimmed = info.metadata.get("slimmed")
     if isinstance(slimmed, dict):
