@@ -19,7 +19,6 @@ deltas of one checkpoint against the one before, from which the default level wa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
