@@ -29,6 +29,10 @@ class EncodedBlobs:
         # Elsewhere (object storage) every object is raw: reads pass straight through, never a header read more.
         self.encodings = callable(getattr(inner, "replace", None))
 
+    def __getattr__(self, name: str):
+        # What a backend's blobs offer beyond the protocol (a remote's prefetch and rehash) stays reachable.
+        return getattr(self.inner, name)
+
     # -- what is stored ---------------------------------------------------------------------------------------
     def header(self, digest: str) -> Header | None:
         """The header of the blob's stored object when it is encoded; None when it is stored raw (or missing)."""
