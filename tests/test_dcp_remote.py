@@ -29,7 +29,7 @@ from ckptstore.integrations.dcp import StoreReader
 
 pytestmark = pytest.mark.slow
 NAME = "remote/step-1"
-LEASE = 4  # seconds
+LEASE = 5  # seconds
 
 
 def _blobs(moto_server, s3_url: str) -> set[str]:
