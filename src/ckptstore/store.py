@@ -17,6 +17,7 @@ from ._ops import gc as _gc, load as _load, verify as _verify
 from ._ops import annotate as _annotate, checkout as _checkout, diff as _diff, importing as _importing
 from ._ops import inspect as _inspect, listing as _listing, modelload as _modelload, runlog as _runlog
 from ._ops import validate as _validate
+from ._ops import checkrecords as _checkrecords
 from ._ops import sync as _sync
 from ._ops import collections as _collections, family as _family, modelinfo as _modelinfo, query as _query
 from ._core.collection import Collection
@@ -312,8 +313,11 @@ class Store:
 
     # -- checking -----------------------------------------------------------------------------------------------
     def verify(self, ref: str | None = None, *, deep: bool = True, on_blob=None) -> VerifyReport:
-        """Check every manifest and blob (of `ref`, or of the store); `deep` re-hashes every blob."""
-        return _verify.verify(self._repo, ref, deep=deep, on_blob=on_blob)
+        """Check every manifest and blob (of `ref`, or of the store); `deep` re-hashes every blob. The result is
+        recorded (on the checkpoint, or as the store's last verify) when the store is writable."""
+        report = _verify.verify(self._repo, ref, deep=deep, on_blob=on_blob)
+        _checkrecords.record_verify(self._repo, report, None if ref is None else self.resolve(ref))
+        return report
 
     def fsck(self, *, reindex: bool = False, upgrade_format: bool = False) -> VerifyReport:
         """Structural check (no re-hashing); first rebuild the index (`reindex`) or upgrade the format."""
@@ -328,8 +332,11 @@ class Store:
         return self._repo.reindex()
 
     def validate(self, ref: str, cls: Any = None, text: str | None = None):
-        """Load with from_pretrained, scan for NaN/Inf, run a forward pass: a ValidationReport (`.ok`)."""
-        return _validate.validate(self._repo, ref, cls, text)
+        """Load with from_pretrained, scan for NaN/Inf, run a forward pass: a ValidationReport (`.ok`). The result is
+        recorded on the checkpoint (metadata key ``validation``) when the store is writable."""
+        report = _validate.validate(self._repo, ref, cls, text)
+        _checkrecords.record_validation(self._repo, report)
+        return report
 
     def diff(self, a: str, b: str):
         """How `b` differs from `a`: config, files, tensors (equal blobs are not read). A DiffReport."""
@@ -526,3 +533,16 @@ class Store:
         """Checkpoints the store deleted (rm, prune), of `run` when given: id, name and the step in the name.
         `known` (id -> name, from an earlier call) spares re-reading records, which never change."""
         return _history.deleted_checkpoints(self._repo, run, known)
+
+    # -- recorded check results (validate, verify) --------------------------------------------------------------
+    def last_verify(self) -> dict[str, Any] | None:
+        """The last store-wide verify as recorded (reports/verify.json: when, deep or not, checkpoints and blobs
+        checked, problems, the damaged checkpoints' names), or None when none was recorded."""
+        return _checkrecords.last_verify(self._repo)
+
+    def check_results(self, ref: str) -> dict[str, Any]:
+        """The validation and verify results recorded on checkpoint `ref`: ``{"validation": {...} | None,
+        "verification": {...} | None}`` (from its annotation; each the last run's)."""
+        metadata = self.info(ref).metadata
+        return {k: metadata.get(k) if isinstance(metadata.get(k), dict) else None
+                for k in (_checkrecords.VALIDATION_KEY, _checkrecords.VERIFICATION_KEY)}
