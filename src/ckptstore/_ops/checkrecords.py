@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._repo.documents import upsert
-from ..errors import CheckpointNotFound, CorruptObject, StoreReadOnly
+from ..errors import CkptError
 from . import annotate as _annotate
 from .save import environment
 
@@ -97,9 +97,9 @@ def _record_on(repo: "Repository", cid: str, key: str, record: dict[str, Any]) -
         return False
     try:
         _annotate.annotate(repo, cid, metrics=None, metadata={key: record}, message=None)
-    except (StoreReadOnly, CheckpointNotFound, CorruptObject):
-        # Read-only after all (a folder we may read but not write), deleted meanwhile, or an annotation
-        # document that `ckpt annotate` must be asked to repair: the check's own result stands either way.
+    except CkptError:
+        # Read-only after all (a folder we may read but not write), deleted meanwhile, a damaged annotation document
+        # (`ckpt annotate` names it), the commit lock held too long: the check's own result stands either way.
         return False
     return True
 
@@ -118,7 +118,7 @@ def record_verify(repo: "Repository", report: "VerifyReport", cid: str | None) -
     data = (json.dumps(store_verify_record(report), sort_keys=True, allow_nan=False) + "\n").encode()
     try:
         upsert(repo.docs, VERIFY_REPORT, data)
-    except StoreReadOnly:
+    except CkptError:
         return False
     return True
 
