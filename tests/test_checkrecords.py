@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from ckptstore import Store
 from storefiles import blob_path
 from test_read_only_store_new import cache_home, ro_store  # noqa: F401 - fixtures: a real read-only mount
+
+from ckptstore import Store
 
 
 def _nan_model(tiny_bert):
@@ -93,7 +93,7 @@ def test_verify_of_a_damaged_blob_records_the_checkpoint_named(store, tiny_bert,
 
     own = {b.digest for f in store.manifest("run/step-2").files for b in f.blobs} - {
         b.digest for f in store.manifest("run/step-1").files for b in f.blobs}
-    digest = sorted(own)[0]
+    digest = min(own)
     _flip(blob_path(store, digest), 0)
     assert ckpt("verify").code == 1
     last = store.last_verify()
@@ -141,3 +141,12 @@ def test_a_damaged_verify_report_is_no_report(store, tiny_bert):
     assert store.last_verify() is None
     store.verify()  # the next verify replaces it
     assert store.last_verify()["passed"] is True
+
+
+def test_a_users_own_metadata_under_the_key_is_no_record(store, tiny_bert, ckpt):
+    store.save(tiny_bert(), "run/step-1", metadata={"validation": {"by": "ana"}})
+    assert store.check_results("run/step-1") == {"validation": None, "verification": None}
+    shown = ckpt("show", "run/step-1").out
+    assert 'validation: {"by": "ana"}' in shown and "validated" not in shown
+    assert store.validate("run/step-1").ok  # a validate replaces it with its record
+    assert store.check_results("run/step-1")["validation"]["passed"] is True

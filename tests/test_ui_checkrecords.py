@@ -8,7 +8,6 @@ import re
 
 import pytest
 import torch
-
 from storefiles import blob_path
 
 pytest.importorskip("starlette")
@@ -90,3 +89,18 @@ def test_age_in_words():
 
     assert [_age(s) for s in (5, 60, 61 * 60, 2 * 86400 + 5)] == ["just now", "1 minute ago", "1 hour ago",
                                                                  "2 days ago"]
+
+
+def test_a_users_own_validation_metadata_stays_metadata(store, tiny_bert):
+    from starlette.testclient import TestClient
+
+    from ckptstore.ui import create_app
+
+    store.save(tiny_bert(), "run/step-1", metadata={"validation": "by hand, ana", "zeta": 1, "alpha": 2})
+    client = TestClient(create_app(store))
+    assert client.get("/api/checkpoints/run/step-1").json()["validation"] is None
+    page = client.get("/c/run/step-1").text
+    metadata = re.search(r'<table class="kv" id="metadata">(.*?)</table>', page, re.S).group(1)
+    assert "by hand, ana" in metadata
+    assert metadata.index("zeta") < metadata.index("alpha")  # in the order saved, as before
+    assert "No validation recorded for this checkpoint" in _text(page)

@@ -543,6 +543,4 @@ class Store:
     def check_results(self, ref: str) -> dict[str, Any]:
         """The validation and verify results recorded on checkpoint `ref`: ``{"validation": {...} | None,
         "verification": {...} | None}`` (from its annotation; each the last run's)."""
-        metadata = self.info(ref).metadata
-        return {k: metadata.get(k) if isinstance(metadata.get(k), dict) else None
-                for k in (_checkrecords.VALIDATION_KEY, _checkrecords.VERIFICATION_KEY)}
+        return _checkrecords.recorded(self.info(ref).metadata)

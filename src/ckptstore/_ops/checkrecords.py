@@ -123,6 +123,16 @@ def record_verify(repo: "Repository", report: "VerifyReport", cid: str | None) -
     return True
 
 
+def recorded(metadata: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """The validation and verification records among a checkpoint's metadata (None for each that is absent, or is
+    a user's own value under that key rather than a record)."""
+    def record(value: Any) -> dict[str, Any] | None:
+        ours = isinstance(value, dict) and isinstance(value.get("passed"), bool) and isinstance(value.get("at"), (int, float))
+        return value if ours else None
+
+    return {k: record(metadata.get(k)) for k in (VALIDATION_KEY, VERIFICATION_KEY)}
+
+
 def last_verify(repo: "Repository") -> dict[str, Any] | None:
     """The last store-wide verify (reports/verify.json), or None when none was recorded or it does not parse (a
     damaged report is only a lost report: the next verify replaces it)."""
