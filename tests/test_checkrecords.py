@@ -150,3 +150,11 @@ def test_a_users_own_metadata_under_the_key_is_no_record(store, tiny_bert, ckpt)
     assert 'validation: {"by": "ana"}' in shown and "validated" not in shown
     assert store.validate("run/step-1").ok  # a validate replaces it with its record
     assert store.check_results("run/step-1")["validation"]["passed"] is True
+
+
+def test_fsck_records_nothing(store, tiny_bert, ckpt):
+    store.save(tiny_bert(), "run/step-1")
+    assert ckpt("fsck").code == 0 and ckpt("fsck", "--reindex").code == 0
+    assert store.last_verify() is None and not (Path(store.root) / "reports").exists()
+    assert ckpt("verify", "--quick").code == 0
+    assert store.last_verify()["deep"] is False

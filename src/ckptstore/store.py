@@ -325,7 +325,9 @@ class Store:
             upgrade(self._repo)
         if reindex:
             self.reindex()
-        return self.verify(deep=False)
+        # Not recorded as the store's last verify: fsck is the repair tool, and opening, upgrading or re-indexing
+        # a store must leave its documents as they were.
+        return _verify.verify(self._repo, None, deep=False)
 
     def reindex(self) -> int:
         """Throw the index away and rebuild it from the store. Returns the number of checkpoints."""
