@@ -17,6 +17,7 @@ from ._ops import gc as _gc, load as _load, verify as _verify
 from ._ops import annotate as _annotate, checkout as _checkout, diff as _diff, importing as _importing
 from ._ops import inspect as _inspect, listing as _listing, modelload as _modelload, runlog as _runlog
 from ._ops import validate as _validate
+from ._ops import checkrecords as _checkrecords
 from ._ops import sync as _sync
 from ._ops import collections as _collections, family as _family, modelinfo as _modelinfo, query as _query
 from ._core.collection import Collection
@@ -315,8 +316,11 @@ class Store:
 
     # -- checking -----------------------------------------------------------------------------------------------
     def verify(self, ref: str | None = None, *, deep: bool = True, on_blob=None) -> VerifyReport:
-        """Check every manifest and blob (of `ref`, or of the store); `deep` re-hashes every blob."""
-        return _verify.verify(self._repo, ref, deep=deep, on_blob=on_blob)
+        """Check every manifest and blob (of `ref`, or of the store); `deep` re-hashes every blob. The result is
+        recorded (on the checkpoint, or as the store's last verify) when the store is writable."""
+        report = _verify.verify(self._repo, ref, deep=deep, on_blob=on_blob)
+        _checkrecords.record_verify(self._repo, report, None if ref is None else self.resolve(ref))
+        return report
 
     def fsck(self, *, reindex: bool = False, upgrade_format: bool = False) -> VerifyReport:
         """Structural check (no re-hashing); first rebuild the index (`reindex`) or upgrade the format."""
@@ -324,15 +328,20 @@ class Store:
             upgrade(self._repo)
         if reindex:
             self.reindex()
-        return self.verify(deep=False)
+        # Not recorded as the store's last verify: fsck is the repair tool, and opening, upgrading or re-indexing
+        # a store must leave its documents as they were.
+        return _verify.verify(self._repo, None, deep=False)
 
     def reindex(self) -> int:
         """Throw the index away and rebuild it from the store. Returns the number of checkpoints."""
         return self._repo.reindex()
 
     def validate(self, ref: str, cls: Any = None, text: str | None = None):
-        """Load with from_pretrained, scan for NaN/Inf, run a forward pass: a ValidationReport (`.ok`)."""
-        return _validate.validate(self._repo, ref, cls, text)
+        """Load with from_pretrained, scan for NaN/Inf, run a forward pass: a ValidationReport (`.ok`). The result is
+        recorded on the checkpoint (metadata key ``validation``) when the store is writable."""
+        report = _validate.validate(self._repo, ref, cls, text)
+        _checkrecords.record_validation(self._repo, report)
+        return report
 
     def diff(self, a: str, b: str):
         """How `b` differs from `a`: config, files, tensors (equal blobs are not read). A DiffReport."""
@@ -583,3 +592,14 @@ class Store:
     def storage_usage(self) -> dict[str, Any]:
         """Per run and in total: logical, unique and stored bytes, and what dedup, zstd and deltas saved."""
         return _storage_report.storage_usage(self._repo)
+
+    # -- recorded check results (validate, verify) --------------------------------------------------------------
+    def last_verify(self) -> dict[str, Any] | None:
+        """The last store-wide verify as recorded (reports/verify.json: when, deep or not, checkpoints and blobs
+        checked, problems, the damaged checkpoints' names), or None when none was recorded."""
+        return _checkrecords.last_verify(self._repo)
+
+    def check_results(self, ref: str) -> dict[str, Any]:
+        """The validation and verify results recorded on checkpoint `ref`: ``{"validation": {...} | None,
+        "verification": {...} | None}`` (from its annotation; each the last run's)."""
+        return _checkrecords.recorded(self.info(ref).metadata)

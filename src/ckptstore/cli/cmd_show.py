@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -21,6 +22,22 @@ def _hub_lines(pushes: Any) -> list[str]:
     return [f"{p.get('repo_id')}@{p.get('revision')} commit {str(p.get('commit'))[:12]}"
             + (f" (tags {', '.join(p['tags'])})" if p.get("tags") else "") + (f" {p['url']}" if p.get("url") else "")
             for p in pushes.values() if isinstance(p, dict)]
+
+
+def _check_line(record: dict[str, Any]) -> str:
+    """'passed 2026-11-30 08:12 UTC (loads, finite, forward)', or 'FAILED ...: first problem (and N more)'."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(record["at"])) if isinstance(record.get("at"), (int, float)) else "?"
+    if "checks" in record:  # a validation
+        done = f" ({', '.join(record['checks'])})" if record.get("checks") else ""
+        problems = record.get("errors") or []
+    else:  # a verify of this checkpoint
+        done = f" ({'every blob re-hashed' if record.get('deep') else 'structure and sizes'}, {record.get('blobs', 0)} blobs)"
+        problems = record.get("problems") or []
+    line = f"{'passed' if record.get('passed') else 'FAILED'} {when}{done}"
+    if problems:
+        count = record.get("problem_count", len(problems))
+        line += f": {problems[0]}" + (f" (and {count - 1} more)" if count > 1 else "")
+    return line
 
 
 @command("show")
@@ -59,6 +76,7 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
     # Recorded from a Trainer folder (trainer_state.json, JSON args files): a row of their own, not one long value.
     hyper = info.metadata.get("hyperparameters")
     hyper = hyper if isinstance(hyper, dict) else {}
+    checks = store.check_results(info.id)  # what 'ckpt validate' / 'ckpt verify REF' last recorded on it
     rows: list[tuple[str, str | list[str]]] = [
         ("name", info.name), ("id", info.id), ("run", info.run), ("step", "-" if info.step is None else info.step), ("created", info.created_at_str),
         ("tags", ", ".join(info.tags) or "-"), ("message", info.message or "-"),
@@ -67,9 +85,12 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         ("dtypes", ", ".join(f"{k}: {v:,}" for k, v in inside["parameter_dtypes"].items()) or "-"),
         ("metrics", ", ".join(f"{k}={v:.6g}" for k, v in info.metrics.items()) or "-"),
         ("metadata", [f"{k}: {_value(v)}" for k, v in info.metadata.items()
-                      if not (k == "hyperparameters" and hyper) and not (k == "hub" and _hub_lines(v))] or "-"),
+                      if not (k == "hyperparameters" and hyper) and not (k == "hub" and _hub_lines(v))
+                      and not (k in checks and checks[k])] or "-"),
         ("hyperparameters", [f"{k}: {_value(v)}" for k, v in hyper.items()] or "-"),
         *([("hub", _hub_lines(info.metadata.get("hub")))] if _hub_lines(info.metadata.get("hub")) else []),
+        *[(label, _check_line(checks[key])) for key, label in (("validation", "validated"), ("verification", "verified"))
+          if checks[key]],
         ("parent", lineage[0] if lineage else "-"),
         ("lineage", " <- ".join([info.name, *lineage]) if lineage else "-"),
         ("size", f"{fmt_bytes(info.logical_bytes)} logical, {fmt_bytes(details['stored_bytes'])} in blobs,"

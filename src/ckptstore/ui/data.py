@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import time
 from typing import Any
 
 from .._core.info import human_bytes
@@ -138,6 +139,26 @@ def _modules(d: dict[str, Any]) -> list[dict[str, Any]]:
     return out + ([other] if other["tensors"] else [])
 
 
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"
+
+
+def _with_age(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded check result with its age in words ("3 hours ago"), as of this request."""
+    if record is None or not isinstance(record.get("at"), (int, float)):
+        return record
+    return {**record, "age": _age(time.time() - record["at"])}
+
+
+def _checks(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: _with_age(v) for k, v in results.items()}
+
+
 def checkpoint(store: Store, ref: str) -> dict[str, Any]:
     """A checkpoint: record, files, tensors by module, config, lineage (parents and children), commands."""
     d = store.describe(ref)
@@ -150,12 +171,13 @@ def checkpoint(store: Store, ref: str) -> dict[str, Any]:
         "modules": _modules(d),
         "config": _config(store, d["id"]),
         "children": children,
-        # Nothing records validation or verify results yet: the page says how to get one.
-        "validation": None,
+        # What 'ckpt validate' and 'ckpt verify REF' last recorded on it (None: never run on a writable store).
+        **_checks(store.check_results(d["id"])),
         "commands": {
             "export": f"ckpt export {q} {shlex.quote('./' + leaf)}",
             "checkout": f"ckpt checkout {q} ./resume",
             "validate": f"ckpt validate {q}",
+            "verify": f"ckpt verify {q}",
             "python": f"store.load({d['name']!r})",
         },
     }
@@ -185,8 +207,7 @@ def store_summary(store: Store, totals: ByteTotals | None = None) -> dict[str, A
         **du.to_json(),
         "saved_str": human_bytes(du.saved_bytes),
         "runs": [{**r, "stored_bytes": stored.get(r["run"], 0)} for r in du.to_json()["runs"]],
-        # Nothing records verify results yet: the page says how to run one.
-        "last_verify": None,
+        "last_verify": _with_age(store.last_verify()),
     }
 
 
