@@ -424,7 +424,7 @@ class LocalCoordination:
 
 # What a store folder holds (format 1 and 2); anything else in a folder means it is not a store.
 LAYOUT = ("objects", "checkpoints", "names", "refs", "policies", "deleted", "annotations", "tmp", "locks",
-          "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal")
+          "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal", "collections", "reports")
 
 
 def _writer_alive(name: str) -> bool:
