@@ -241,6 +241,7 @@ def create_app(store: Store, *, allow_write: bool = False, allowed_hosts: list[s
         Route("/api/diff", api(api_diff)),
         Route("/api/store", api(lambda r: data.store_summary(store, backend.totals))),
         Route("/api/store/gc", api(lambda r: data.gc_estimate(store))),
+        Route("/api/store/packing", api(lambda r: data.packing_savings(store))),
         Route("/api/write/{action}", api_write, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

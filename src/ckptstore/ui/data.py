@@ -211,6 +211,19 @@ def store_summary(store: Store, totals: ByteTotals | None = None) -> dict[str, A
     }
 
 
+def packing_savings(store: Store) -> dict[str, Any]:
+    """What compression and deltas (`ckpt pack`) saved, over the store's distinct blobs (it reads every manifest,
+    so the page asks for it after it has painted)."""
+    try:
+        total = store.storage_usage()["total"]
+    except (CkptError, OSError) as exc:
+        return {"error": getattr(exc, "message", str(exc))}
+    saved = total["zstd_saved_bytes"] + total["delta_saved_bytes"]
+    return {**total, "saved_bytes": saved, "saved_str": human_bytes(saved),
+            "zstd_saved_str": human_bytes(total["zstd_saved_bytes"]),
+            "delta_saved_str": human_bytes(total["delta_saved_bytes"])}
+
+
 def gc_estimate(store: Store) -> dict[str, Any]:
     """What gc would reclaim now (a dry run: it lists the blobs and reads the manifests, so the page asks for it
     after it has painted)."""

@@ -282,6 +282,10 @@
     const g = await resp.json();
     node.textContent = g.error ? "unknown" : g.bytes_freed_str;
     node.title = g.error ? g.error : `${g.blobs_removed} unreferenced blobs, ${g.tmp_files_removed} leftover files`;
+    const packed = document.getElementById("packing-saved");
+    const p = await (await fetch("/api/store/packing")).json();
+    packed.textContent = p.error ? "unknown" : p.saved_str;
+    packed.title = p.error ? p.error : `zstd ${p.zstd_saved_str}, deltas ${p.delta_saved_str}`;
   }
 
   // -- changes: plan, then confirm ------------------------------------------------------------------------------
