@@ -211,3 +211,27 @@ def test_a_reader_idle_past_the_journal_retention_falls_back_to_a_full_sync(s3_u
     assert reader.resolve("bert:prod") == reader.resolve("bert/step-1")
     assert reader.show("bert/step-1").metrics["test_acc"] == 0.5
     assert reader.requests["LIST"] >= 5  # the listing sync, not the (trimmed) journal
+
+
+def test_an_entry_from_a_clock_ahead_does_not_hide_later_ones(s3_url, moto_server, tmp_path, monkeypatch):
+    store = Store.init(s3_url)
+    model = make_tiny_bert()
+    store.save(model, "bert/step-1")
+    store.save(model, "bert/step-2")
+    store.close()
+    _ls_cost(s3_url)
+    with monkeypatch.context() as mp:
+        _as(mp, moto_server, tmp_path, "ahead")
+        _skewed(mp, -3600)  # an hour ahead
+        writer = Store.open(s3_url)
+        writer.tag("bert/step-1", "prod")
+        writer.close()
+    assert Store.open(s3_url).resolve("bert:prod") == Store.open(s3_url).resolve("bert/step-1")
+    with monkeypatch.context() as mp:
+        _as(mp, moto_server, tmp_path, "right")
+        writer = Store.open(s3_url)
+        writer.tag("bert/step-2", "rc")
+        writer.close()
+    reader = Store.open(s3_url)
+    assert reader.resolve("bert:rc") == reader.resolve("bert/step-2")
+    assert reader.requests["LIST"] == 1  # incremental

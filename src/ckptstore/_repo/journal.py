@@ -143,7 +143,7 @@ class _State:
     full_at: float = 0.0
 
     @classmethod
-    def load(cls, cat: "Catalog") -> "_State | None":
+    def load(cls, cat: Catalog) -> _State | None:
         row = cat.db.execute("SELECT value FROM meta WHERE key = ?", (_STATE,)).fetchone()
         if row is None:
             return None
@@ -153,18 +153,21 @@ class _State:
         except (ValueError, KeyError, TypeError):
             return None
 
-    def save(self, cat: "Catalog") -> None:
+    def save(self, cat: Catalog) -> None:
         doc = {"cursor": self.cursor, "applied": sorted(self.applied), "synced_at": self.synced_at,
                "full_at": self.full_at}
         with cat._tx():
             cat.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_STATE, json.dumps(doc)))
 
     def advance(self, keys: Iterable[str]) -> None:
+        # An entry from a clock ahead of this one moves the cursor no further than now: else it would hide the
+        # entries of correct clocks (older than cursor - window) until the next full sync.
+        now = time.time_ns()
         for key in keys:
             got = parse(key)
             if got is not None:
                 self.applied.add(key)
-                self.cursor = max(self.cursor, got[0])
+                self.cursor = max(self.cursor, min(got[0], now))
         floor = self.offset()
         self.applied = {k for k in self.applied if k > floor}
 
@@ -182,13 +185,13 @@ def begin_full(docs: Any) -> list[str]:
     return _tail(docs, f"{PREFIX}{max(0, now - int(skew_seconds() * _NS)):020d}")
 
 
-def end_full(cat: "Catalog", listed: list[str], started: float) -> None:
+def end_full(cat: Catalog, listed: list[str], started: float) -> None:
     state = _State(cursor=int(started * _NS), synced_at=started, full_at=started)
     state.advance(listed)
     state.save(cat)
 
 
-def incremental(repo: "Repository", cat: "Catalog") -> bool:
+def incremental(repo: Repository, cat: Catalog) -> bool:
     """Catch the index up from the journal; False when a full sync is needed instead."""
     state = _State.load(cat)
     now = time.time()
@@ -205,7 +208,7 @@ def incremental(repo: "Repository", cat: "Catalog") -> bool:
     return True
 
 
-def apply(repo: "Repository", cat: "Catalog", changed: set[str]) -> None:
+def apply(repo: Repository, cat: Catalog, changed: set[str]) -> None:
     """Bring the index in line with the current state of the `changed` documents (their keys)."""
     names: set[str] = set()
     tags: set[tuple[str, str]] = set()
