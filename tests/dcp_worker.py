@@ -124,6 +124,8 @@ def train(job, store, rank, world, out) -> None:
                              metrics={"loss": 0.5 - n / 10})
         dcp.save({"model": msd, "optim": osd}, storage_writer=writer)
         full = full_state(model, opt)
+        # what this rank itself sent to a remote store (every rank uploads its own blobs)
+        (out / f"requests-{name.replace('/', '~')}-{rank}.json").write_text(json.dumps(store.requests))
         if rank == 0:
             report = {"new_bytes": writer.report.new_bytes, "id": writer.report.id}
             dump(out / f"{name.replace('/', '~')}.safetensors", full, report)

@@ -80,6 +80,7 @@ __all__ = [
     "StoreNotFound",
     "StoreReadOnly",
     "SyncConflict",
+    "TrainingStateDropped",
     "UnsafePickle",
     "UsageError",
     "ValidationFailed",
@@ -415,4 +416,21 @@ class InCollection(CkptError):
             f"Not removed: {shown}{more}.",
             hint=f"Take it out first ('ckpt collection rm {cols[0]} {name}'), or pass --force (force=True) to take it"
             " out of its collections and delete it.",
+        )
+
+
+class TrainingStateDropped(IncompleteCheckpoint):
+    """A checkout of a checkpoint whose optimizer, scheduler and RNG state a run's storage policy dropped
+    (``keep_training_state``): it loads and exports, but a resume from it would restart the optimizer."""
+
+    def __init__(self, name: str, rule: str, newest: str | None) -> None:
+        self.name = name
+        self.rule = rule
+        self.newest = newest
+        where = f"the newest resumable checkpoint of the run is {newest!r}" if newest else "the run has none left"
+        super().__init__(
+            f"Checkpoint {name!r} cannot be resumed: its training state was dropped by the run's policy ({rule});"
+            f" {where}.",
+            hint=(f"ckpt checkout {newest} DIR" if newest else "Export its weights with 'ckpt export' instead.")
+            + " Keep more with 'ckpt storage RUN --keep-training-state N'.",
         )

@@ -54,6 +54,7 @@ __all__ = [
     "Policy",
     "RetentionPlan",
     "RetentionPolicy",
+    "StoragePolicy",
     "Tagged",
     "latest_of",
     "made_on_purpose",
@@ -808,3 +809,48 @@ def _metric_warnings(ordered: list[CheckpointInfo], metric: str) -> list[str]:
         count = "1 checkpoint has" if len(missing) == 1 else f"{len(missing)} checkpoints have"
         return [f"{count} no {metric!r} value and can never be kept as best: {', '.join(missing)}."]
     return []
+
+
+@dataclass(frozen=True)
+class StoragePolicy:
+    """A run's storage setting (docs/format.md, run settings ``storage``).
+
+    ``pack_after=N``: after each save, the checkpoints no longer among the run's newest N are packed (their blobs
+    stored zstd or as deltas against the checkpoint before) in a background thread; the save never waits for it.
+    ``keep_raw``: the run's latest, best and user-tagged checkpoints stay raw (zero-copy loads) when packing.
+    ``keep_training_state=N``: checkpoints other than the newest N lose their optimizer, scheduler and RNG state
+    files (they stay loadable and exportable; they can no longer be resumed).
+    """
+
+    pack_after: int | None = None
+    keep_raw: bool = True
+    keep_training_state: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("pack_after", "keep_training_state"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_count("StoragePolicy", key, value, minimum=0 if key == "pack_after" else 1,
+                             hint=f"StoragePolicy({key}=1), or None to turn it off.")
+        if not isinstance(self.keep_raw, bool):
+            raise PolicyError(f"StoragePolicy: keep_raw must be True or False, got {self.keep_raw!r}.",
+                              hint="StoragePolicy(keep_raw=True) keeps latest, best and tagged checkpoints raw.")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pack_after": self.pack_after, "keep_raw": self.keep_raw,
+                "keep_training_state": self.keep_training_state}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "StoragePolicy":
+        if not isinstance(raw, Mapping):
+            raise PolicyError("A storage policy must be a JSON object.", hint="Set it again with 'ckpt policy'.")
+        return cls(raw.get("pack_after"), bool(raw.get("keep_raw", True)), raw.get("keep_training_state"))
+
+    def __str__(self) -> str:
+        parts = []
+        if self.pack_after is not None:
+            parts.append(f"pack checkpoints beyond the newest {self.pack_after}"
+                         + (" (latest, best and tagged stay raw)" if self.keep_raw else ""))
+        if self.keep_training_state is not None:
+            parts.append(f"drop training state beyond the newest {self.keep_training_state}")
+        return "; ".join(parts) or "store every checkpoint raw and whole"

@@ -27,10 +27,12 @@ from ._ops.delete import DeletePlan
 from ._ops.gc import GcPlan
 from ._ops.sync import SyncReport
 from ._ops.verify import VerifyReport
+from ._ops import packing as _pack_select, slim as _slim, storage_report as _storage_report
+from ._ops.pack import PackReport
 from ._repo import leases as _leases
 from ._repo.opening import backend_for, init_repository, open_repository, upgrade
 from ._repo.repository import Repository
-from .policies import RetentionPolicy
+from .policies import RetentionPolicy, StoragePolicy
 
 __all__ = ["DeletePlan", "Store", "SyncReport"]
 
@@ -180,6 +182,7 @@ class Store:
         self.last_save = _save.save(self._repo, src, name, tokenizer=tokenizer, tags=tags, metrics=metrics,
                                     metadata=metadata, parent=parent, message=message, step=step,
                                     extra_files=extra_files, max_shard_size=max_shard_size, on_progress=on_progress)
+        self._after_save_storage(self.last_save.run)
         return self.last_save
 
     @staticmethod
@@ -526,3 +529,57 @@ class Store:
         """Checkpoints the store deleted (rm, prune), of `run` when given: id, name and the step in the name.
         `known` (id -> name, from an earlier call) spares re-reading records, which never change."""
         return _history.deleted_checkpoints(self._repo, run, known)
+
+    # -- storage efficiency: packing (encoded blobs), slimming, usage --------------------------------------------
+    def pack(self, refs: str | Iterable[str] | None = None, *, dry_run: bool = False, level: int | None = None,
+             keep_raw: bool | None = None) -> "PackReport":
+        """Store the blobs of checkpoints encoded (zstd over byte planes, or deltas against the checkpoint
+        before): `refs` are runs (every checkpoint of the run) or references; None packs the whole store. Each
+        run's latest, best and tagged checkpoints stay raw unless named explicitly or `keep_raw=False`."""
+        return _pack_select.pack_refs(self._repo, refs, dry_run=dry_run, level=level, keep_raw=keep_raw)
+
+    def set_storage(self, run: str, storage: "StoragePolicy | None") -> None:
+        """Set the run's storage policy (pack_after, keep_raw, keep_training_state); None removes it."""
+        _pack_select.set_storage(self._repo, run, storage)
+
+    def get_storage(self, run: str) -> "StoragePolicy | None":
+        return _pack_select.get_storage(self._repo, run)
+
+    def pack_due(self, run: str) -> "PackReport":
+        """Pack what the run's storage policy says is due now (what a save starts in the background)."""
+        return _pack_select.pack_due(self._repo, run)
+
+    def wait_packing(self, timeout: float | None = None) -> None:
+        """Wait for the background packs this Store's saves started."""
+        for proc in getattr(self, "_packers", []):
+            proc.wait(timeout)
+        self._packers = []
+
+    def _after_save_storage(self, run: str) -> None:
+        # Never fails the save, which is committed: a storage policy that cannot be applied is a warning.
+        import warnings
+
+        from .errors import RetentionWarning
+
+        try:
+            _slim.slim(self._repo, run)  # before packing: never encode what is about to be dropped
+            proc = _pack_select.start_background_pack(self._repo, run)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"Saved, but starting the run's packing failed ({exc}); run 'ckpt pack {run}'.",
+                          RetentionWarning, stacklevel=3)
+            return
+        if proc is not None:
+            self._packers = [p for p in getattr(self, "_packers", []) if p.poll() is None] + [proc]
+
+    def slim(self, run: str, keep: int | None = None, *, dry_run: bool = False) -> list[str]:
+        """Drop the optimizer, scheduler and RNG state of the run's checkpoints beyond the newest `keep` (default:
+        the run's StoragePolicy.keep_training_state); they stay loadable. Returns the names slimmed."""
+        return _slim.slim(self._repo, run, keep, dry_run=dry_run)
+
+    def encodings(self, ref: str) -> dict[str, dict[str, int]]:
+        """How the checkpoint's blobs are stored: encoding -> {"blobs", "raw_bytes", "stored_bytes"}."""
+        return _storage_report.encoding_mix(self._repo, self.resolve(ref))
+
+    def storage_usage(self) -> dict[str, Any]:
+        """Per run and in total: logical, unique and stored bytes, and what dedup, zstd and deltas saved."""
+        return _storage_report.storage_usage(self._repo)

@@ -47,6 +47,13 @@ class MemoryBlobs:
         for digest, (data, mtime) in items:
             yield digest, len(data), mtime
 
+    def replace(self, digest: str, data: bytes | memoryview) -> bool:
+        with self.lock:
+            if digest not in self.data:
+                return False
+            self.data[digest] = (bytes(data), time.time())
+            return True
+
     def delete(self, digest: str) -> None:
         with self.lock:
             self.data.pop(digest, None)

@@ -118,6 +118,33 @@ class LocalBlobs:
                     st = entry.stat()
                     yield sub.name + entry.name, st.st_size, st.st_mtime
 
+    def replace(self, digest: str, data: bytes | memoryview) -> bool:
+        """Store `data` as the blob's new stored form (an encoding of the same raw bytes): written to `tmp/`, made
+        durable, then renamed over the old form, so a crash leaves one form or the other, whole."""
+        final = self.fspath(digest)
+        if not os.path.exists(final):
+            return False
+        tmp = make_tmp_path(self.tmp, ".blob")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            failpoint("pack.write")
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            failpoint("pack.fsync")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        failpoint("pack.rename")
+        os.replace(tmp, final)
+        fsync_dir(Path(os.path.dirname(final)))
+        return True
+
     def delete(self, digest: str) -> None:
         failpoint("gc.unlink")
         with contextlib.suppress(FileNotFoundError):

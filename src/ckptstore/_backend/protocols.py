@@ -68,6 +68,12 @@ class Blobs(Protocol):
         """Every stored blob as (digest, size, modification time)."""
         ...
 
+    def replace(self, digest: str, data: bytes | memoryview) -> bool:
+        """Atomically put `data`, another stored form of the same blob (an encoding, docs/format.md), in place of
+        the stored one: readers see the old form or the new, never a mix, and the new one is durable when this
+        returns. False when the blob is not stored."""
+        ...
+
     def delete(self, digest: str) -> None: ...
 
 

@@ -41,6 +41,12 @@ The failpoints, in the order a save, a delete, a gc and a tag update reach them:
 ``gc.plan``            after gc has listed what to remove, before it removes anything
 ``gc.unlink``          before each unreferenced blob is unlinked
 ``gc.tmp``             before each leftover temporary file is unlinked
+``pack.write``         before a packed (encoded) form of a blob is written into ``tmp/``
+``pack.fsync``         before that temporary file's fsync
+``pack.rename``        before the rename that puts the packed form in place of the raw one
+``slim.manifest``      before a slim writes the slimmed manifest
+``slim.claim``         before a slim switches the name claim to it (its commit point)
+``slim.release``       after the switch, before the old manifest is removed
 ``policy.*``           ``policy.write``/``policy.fsync``/``policy.rename`` of a run's settings (set_policy)
 ``write.*``            ``write.write``/``write.fsync``/``write.rename`` of other documents (store.json, annotations)
 ``upgrade.claim``      before each name claim the format-1 -> 2 upgrade writes

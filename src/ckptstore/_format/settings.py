@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import PolicyError
-from ..policies import RetentionPolicy
+from ..policies import RetentionPolicy, StoragePolicy
 
 SETTINGS_FORMAT = 1
 DEFAULT_BEST_METRIC = "eval_loss"
@@ -23,6 +23,7 @@ class RunSettings:
     policy: RetentionPolicy | None = None
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
+    storage: StoragePolicy | None = None  # packing and slimming (written only when set: older readers ignore it)
 
     @property
     def best(self) -> tuple[str, str]:
@@ -38,6 +39,7 @@ class RunSettings:
             "format": SETTINGS_FORMAT,
             "policy": self.policy.to_json() if self.policy is not None else None,
             "best": {"metric": self.best_metric, "mode": self.best_mode} if self.best_metric else None,
+            **({"storage": self.storage.to_json()} if self.storage is not None else {}),
         }
 
     @classmethod
@@ -49,7 +51,8 @@ class RunSettings:
             )
         policy = RetentionPolicy.from_json(data["policy"]) if data.get("policy") is not None else None
         best = data.get("best") or {}
-        return cls(policy, best.get("metric"), best.get("mode", "min"))
+        storage = StoragePolicy.from_json(data["storage"]) if data.get("storage") is not None else None
+        return cls(policy, best.get("metric"), best.get("mode", "min"), storage)
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2) + "\n").encode()

@@ -16,6 +16,7 @@ from .._core.trainer_log import MANAGER_STATE, TRAINER_STATE
 from .._repo import leases
 from ..errors import CheckpointNotFound, CkptError, CorruptObject, IncompleteCheckpoint, InvalidArgument
 from .load import export
+from .slim import refuse_slimmed
 from .verify import verify
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def checkout(
                 kind = None  # its manifest is the damage: any resumable checkpoint older than it will do
             else:
                 if check:
+                    refuse_slimmed(repo, manifest)
                     check_training_state(manifest)
                 kind = "manager" if MANAGER_STATE in [f.path for f in manifest.files] else "trainer"
         point = resume_point(repo, tag_ref[0], dest, verify=True, kind=kind, newest=cid, on_progress=on_progress)
@@ -86,6 +88,7 @@ def checkout(
     with leases.hold(repo, ref) as cid:
         manifest = repo.manifest(cid)
         if check:
+            refuse_slimmed(repo, manifest)
             check_training_state(manifest)
         export(repo.blobs, manifest, Path(dest), verify=verify, on_progress=on_progress)
         return ResumePoint(repo.info(cid), Path(dest))

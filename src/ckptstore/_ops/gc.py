@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .._core.failpoints import failpoint
 from .._core.info import human_bytes
 from .._repo import annotations, journal
+from .._repo.encoded import delta_bases
 from ..errors import CkptError, CorruptObject, StoreLocked
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
             )
         # No save is in flight now (each holds the objects lock shared), so every blob no claimed manifest
         # references, every unclaimed manifest and every temporary blob file is garbage.
-        claimed = set(repo.claims().values())
+        claimed = set(repo.claims(fresh=True).values())
         referenced: set[str] = set()
+        raw_sizes: dict[str, int] = {}
         unclaimed = []
         for cid in sorted(repo.manifest_ids()):
             try:
@@ -92,13 +94,17 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
                     hint="Run 'ckpt verify' and restore or remove that manifest, then run gc again.",
                 ) from None
             if cid in claimed:
-                referenced.update(manifest.blob_refs())
+                raw_sizes.update(manifest.blob_refs())
             else:
                 unclaimed.append(cid)
         grace = getattr(repo.backend, "blob_grace", 0.0)  # 0 locally: the objects lock alone keeps saves safe
         young = time.time() - grace
-        garbage = tuple((d, s) for d, s, mtime in repo.blobs.iter()
-                        if d not in referenced and (not grace or mtime < young))
+        listed = tuple(repo.blobs.iter())
+        stored = {d: s for d, s, _ in listed}
+        referenced.update(raw_sizes)
+        # A packed blob may be a delta against a blob no checkpoint lists any more: that base stays while it does.
+        referenced |= delta_bases(repo.blobs, raw_sizes, stored)
+        garbage = tuple((d, s) for d, s, mtime in listed if d not in referenced and (not grace or mtime < young))
         tmp = tuple(repo.backend.leftovers(grace=TMP_GRACE_SECONDS))
         plan = GcPlan(garbage, tmp, len(referenced), saves_in_progress=saving, manifests=tuple(unclaimed))
         if dry_run:

@@ -9,6 +9,8 @@ changed folder fails with NameChanged).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -267,12 +269,16 @@ class _Importer:
             return None
 
     def _check_unchanged(self, name: str, folder: Path, cid: str, sources: list) -> None:
+        stored_files = self.repo.read_manifest(cid).files
+        # A torch zip file stored whole by an earlier version (kind "blob") is compared as it was cut then.
+        whole = {f.path for f in stored_files if f.kind == "blob"}
+        sources = [dataclasses.replace(s, storages=None) if s.path in whole else s for s in sources]
         hasher = BlobHasher()
         try:
             entries = ingest(sources, hasher, self.repo.config.chunk_bytes)
         finally:
             hasher.close()
-        stored = {f.path: f.digest for f in self.repo.read_manifest(cid).files}
+        stored = {f.path: f.digest for f in stored_files}
         changed = sorted(e.path for e in entries if stored.get(e.path) != e.digest)
         changed += sorted(set(stored) - {e.path for e in entries})
         if changed:

@@ -4,6 +4,7 @@ hashes and writes them as blobs and returns the manifest's file entries."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import mmap
 import os
@@ -17,6 +18,7 @@ from .._format.manifest import FileEntry, TensorEntry, file_digest
 from .._core.names import file_path_problem
 from .._core.hashing import BlobRef
 from .._repo.objects import BlobHasher, BlobWriter
+from .._format import torchzip
 from .._format.safetensors import Layout, read_layout
 from ..errors import IncompleteCheckpoint, InvalidCheckpoint, NotACheckpointFolder, SourceNotFound
 
@@ -40,6 +42,9 @@ class SourceFile:
     read: Reader
     layout: Layout | None = None
     converted_from: str | None = None
+    # A torch zip file (optimizer.pt, ...): the file offsets of its storage records, each stored as blobs of its
+    # own (docs/format.md, kind "torchzip"); None for any other file.
+    storages: list[tuple[int, int]] | None = None
 
 
 def _is_weight_file(rel: str) -> bool:
@@ -147,7 +152,8 @@ def folder_sources(files: list[tuple[str, Path]]) -> Iterator[list[SourceFile]]:
                 base = layout.data_start
                 sources.append(SourceFile(rel, size, _slicer(view, base), layout))
             else:
-                sources.append(SourceFile(rel, size, _slicer(view, 0)))
+                spans = torchzip.storage_spans(f, size) if torchzip.could_be(rel) else None
+                sources.append(SourceFile(rel, size, _slicer(view, 0), storages=spans))
         yield sources
 
 
@@ -182,6 +188,9 @@ def ingest(
             for span in sorted(src.layout.tensors, key=lambda s: (s.start, s.end)):
                 for a in range(span.start, span.end, chunk_bytes):
                     futures.append(writer.put(src.read(a, min(a + chunk_bytes, span.end))))
+        elif src.storages is not None:
+            for a, b, _ in torchzip.pieces(src.storages, src.size, chunk_bytes):
+                futures.append(writer.put(src.read(a, b)))
         else:
             for a in range(0, src.size, chunk_bytes):
                 futures.append(writer.put(src.read(a, min(a + chunk_bytes, src.size))))
@@ -203,7 +212,7 @@ def ingest(
                 size=src.size,
                 digest=file_digest(blobs),
                 blobs=tuple(blobs),
-                kind="safetensors" if src.layout is not None else "blob",
+                kind="safetensors" if src.layout is not None else "torchzip" if src.storages is not None else "blob",
                 tensors=tensors,
                 converted_from=src.converted_from,
             )
@@ -213,4 +222,5 @@ def ingest(
 
 def bytes_source(path: str, data: bytes) -> SourceFile:
     view = memoryview(data)
-    return SourceFile(path, len(data), lambda a, b: view[a:b])
+    spans = torchzip.storage_spans(io.BytesIO(data), len(data)) if torchzip.could_be(path) else None
+    return SourceFile(path, len(data), lambda a, b: view[a:b], storages=spans)

@@ -78,7 +78,7 @@ def set_policy(repo: "Repository", run: str, policy: RetentionPolicy | None) -> 
         )
     with repo.writing(), repo.commit_lock():
         old = read_settings(repo, run) or RunSettings()
-        settings = RunSettings(policy, old.best_metric, old.best_mode)
+        settings = RunSettings(policy, old.best_metric, old.best_mode, old.storage)
         _write_settings(repo, run, settings)
         _update_tags(repo, run, settings)
     return settings
@@ -93,7 +93,7 @@ def register_run(repo: "Repository", run: str, *, metric: str | None = None, mod
         old = read_settings(repo, run)
         settings = old or RunSettings()
         if metric:
-            settings = RunSettings(settings.policy, metric, mode)  # type: ignore[arg-type]
+            settings = RunSettings(settings.policy, metric, mode, settings.storage)  # type: ignore[arg-type]
         if settings != old:
             _write_settings(repo, run, settings)
         _update_tags(repo, run, settings)  # a run saved before it was registered gets its tags now

@@ -16,6 +16,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,17 @@ def collect(src: Any, tokenizer: Any, extra_files: Mapping[str, Any] | None, max
     return sources
 
 
+def _missing(repo: "Repository", digests: list[str]) -> list[str]:
+    """The blobs of `digests` the store does not hold. On a remote store each is a HEAD request, and a staged save
+    carries over every rank's blobs: each blob is asked once, side by side, not one request after another."""
+    unique = list(dict.fromkeys(digests))
+    if len(unique) < 2:
+        return [d for d in unique if repo.blobs.size(d) is None]
+    with ThreadPoolExecutor(max_workers=min(16, len(unique)), thread_name_prefix="ckpt-check") as pool:
+        sizes = list(pool.map(repo.blobs.size, unique))
+    return [d for d, size in zip(unique, sizes) if size is None]
+
+
 def save_sources(
     repo: "Repository",
     sources: list[SourceFile],
@@ -259,7 +271,7 @@ def save_sources(
     with repo.writing(), store_full_on_enospc(repo.url, run_of(name)):
         check_room(repo, sum(s.size for s in sources), run_of(name))
         # Under the writing lock gc cannot run, so a blob found here stays until the manifest references it.
-        missing = [b.digest for f in kept for b in f.blobs if repo.blobs.size(b.digest) is None]
+        missing = _missing(repo, [b.digest for f in kept for b in f.blobs])
         if missing:
             raise CorruptObject(f"Blob {missing[0][:12]} to carry over is missing from the store.", digest=missing[0])
         writer = BlobWriter(repo.blobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._core.info import CheckpointInfo, DiskUsage, RunUsage
+from .slim import replacement_of
 
 if TYPE_CHECKING:
     from .._repo.repository import Repository
@@ -32,6 +33,8 @@ def lineage(repo: "Repository", ref: str) -> list[CheckpointInfo | str]:
     while cid and cid not in seen:
         seen.add(cid)
         infos = repo.catalog.infos(ids=[cid])
+        if not infos and (replaced := replacement_of(repo, cid)) is not None:
+            infos = repo.catalog.infos(ids=[replaced])  # the parent was slimmed: the same checkpoint, a new id
         if not infos:
             chain.append(cid)
             break

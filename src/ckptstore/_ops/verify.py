@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .._backend.protocols import Blobs
 from .._format.manifest import Manifest
 from .._repo.objects import rehash
-from ..errors import CkptError
+from ..errors import CkptError, CorruptObject
 
 if TYPE_CHECKING:
     from .._repo.repository import Repository
@@ -101,10 +101,15 @@ def verify_manifests(
                         result = ("missing blob", "")
                     elif size != blob.size:
                         result = ("wrong size", f"{size} bytes, expected {blob.size}")
+                    elif (broken := _broken_chain(blobs, blob)) is not None:
+                        result = ("broken delta chain", broken)
                     elif deep:
                         bytes_checked += size
-                        if rehash(blobs, blob.digest) != blob.digest:
-                            result = ("corrupt blob", "content does not match its hash")
+                        try:
+                            if rehash(blobs, blob.digest, blob.size) != blob.digest:
+                                result = ("corrupt blob", "content does not match its hash")
+                        except CorruptObject as exc:  # a packed blob that does not decode, or whose base is damaged
+                            result = ("corrupt blob", exc.message)
                     status[blob.digest] = result
                     if on_blob is not None:
                         on_blob(blob.size)
@@ -112,6 +117,20 @@ def verify_manifests(
                 if result is not None:
                     problems.append(Problem(result[0], manifest.name, cid, entry.path, blob.digest, result[1]))
     return VerifyReport(count, len(status), bytes_checked, deep, tuple(problems))
+
+
+def _broken_chain(blobs: Blobs, blob) -> str | None:
+    """Why a packed blob's delta chain does not resolve (a base missing, a loop), or None. Raw blobs (stored at
+    their raw size) have no chain and cost nothing more here."""
+    chain = getattr(blobs, "chain", None)
+    stored_size = getattr(blobs, "stored_size", None)
+    if chain is None or stored_size is None or stored_size(blob.digest) == blob.size:
+        return None
+    try:
+        chain(blob.digest)
+    except CorruptObject as exc:
+        return exc.message
+    return None
 
 
 def verify(repo: "Repository", ref: str | None = None, *, deep: bool = True, on_blob=None) -> VerifyReport:

@@ -109,9 +109,9 @@ def read_blob(blobs: Blobs, digest: str, *, verify: bool = True) -> bytes:
     return data
 
 
-def rehash(blobs: Blobs, digest: str) -> str:
-    """The hash of what is stored under `digest` now (deep verification): mapped and hashed on every core where
-    the blob is a local file, read in one piece elsewhere."""
+def rehash(blobs: Blobs, digest: str, size: int | None = None) -> str:
+    """The hash of the raw bytes stored under `digest` now (deep verification): mapped and hashed on every core
+    where the blob is a local raw file of `size` bytes, read (and so decoded, when packed) elsewhere."""
     remote = getattr(blobs, "rehash", None)
     if remote is not None:  # a remote store: its local files are a cache, and verify checks the store itself
         return remote(digest)
@@ -119,9 +119,12 @@ def rehash(blobs: Blobs, digest: str) -> str:
     if path is None:
         return hash_bytes(blobs.read(digest))
     try:
-        size = os.stat(path).st_size
+        stored = os.stat(path).st_size
     except FileNotFoundError:
         raise CorruptObject(f"Blob {digest[:12]} is missing from the store.", digest=digest) from None
+    if size is not None and stored != size:
+        return hash_bytes(blobs.read(digest))
+    size = stored
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     if size:
         hasher.update_mmap(path)

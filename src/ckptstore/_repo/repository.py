@@ -28,6 +28,7 @@ from . import annotations
 from . import journal
 from . import modelindex
 from .catalog import Catalog, open_catalog
+from .encoded import EncodedBlobs
 from .refs import Refs
 
 MIN_ID_PREFIX = 4
@@ -36,7 +37,7 @@ MIN_ID_PREFIX = 4
 class Repository:
     def __init__(self, backend: Backend, config: StoreConfig) -> None:
         self.backend = backend
-        self.blobs = backend.blobs
+        self.blobs = EncodedBlobs(backend.blobs)  # raw bytes whatever the stored form (packed blobs decode)
         # In object storage every change the index shows is journaled, so readers catch up with one LIST.
         self.journaled = journal.supported(backend.documents)
         self.docs = journal.JournaledDocuments(backend.documents) if self.journaled else backend.documents
@@ -162,9 +163,10 @@ class Repository:
         failpoint("name.release")
         self.docs.remove(keys.name_key(name))
 
-    def claims(self, on_disk: set[str] | None = None) -> dict[str, str]:
-        """name -> id of every claimed name. Claims never change once written (a delete removes one, a rename
-        writes a new one), so only claims the catalog does not know with a live manifest are read."""
+    def claims(self, on_disk: set[str] | None = None, *, fresh: bool = False) -> dict[str, str]:
+        """name -> id of every claimed name. Claims change only by a slim (_ops/slim.py), which removes the old
+        manifest right after switching the claim, so only claims the catalog does not know with a live manifest
+        are read; `fresh` reads every claim (gc: a slim killed between its switch and that removal)."""
         cat = self._catalog
         if self.config.format < 2:
             return format1.claims(self, cat.names_by_id() if cat is not None else {})
@@ -174,7 +176,7 @@ class Repository:
         for key in self.docs.list(keys.NAMES):
             name = keys.name_of_key(key)
             cid = known.get(name)
-            if cid is None or cid not in on_disk:
+            if fresh or cid is None or cid not in on_disk:
                 cid = self.claimed_id(name)
             if cid is not None:
                 out[name] = cid

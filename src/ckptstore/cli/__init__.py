@@ -50,6 +50,9 @@ COMMANDS = [
     ("cmd_push", "push"),
     ("cmd_pull", "pull"),
     ("cmd_cache", "cache"),
+    ("cmd_pack", "pack"),
+    ("cmd_storage", "storage"),
+    ("cmd_slim", "slim"),
 ]
 
 

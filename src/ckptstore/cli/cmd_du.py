@@ -18,8 +18,9 @@ def du(as_json: bool, store_path: str | None) -> None:
     """
     store = open_store(store_path)
     usage = store.du()
+    storage = store.storage_usage()
     if as_json:
-        print_json(usage.to_json())
+        print_json({**usage.to_json(), "storage": storage})
         return
     table = Table(box=None, header_style="bold")
     for col in ("RUN", "CHECKPOINTS", "LOGICAL", "ONLY IN RUN"):
@@ -32,3 +33,21 @@ def du(as_json: bool, store_path: str | None) -> None:
         f" {fmt_bytes(usage.stored_bytes)} stored in {counted(usage.blobs, 'blob')}"
         f" (saved {fmt_bytes(usage.saved_bytes)}, {usage.ratio:.2f}x)"
     )
+    _print_savings(storage)
+
+
+def _print_savings(storage: dict) -> None:
+    """Per run: logical bytes, what the store holds for it, and what dedup, zstd and deltas each saved."""
+    table = Table(box=None, header_style="bold")
+    for col in ("RUN", "LOGICAL", "STORED", "DEDUP SAVED", "ZSTD SAVED", "DELTA SAVED"):
+        table.add_column(col, justify="left" if col == "RUN" else "right")
+    rows = sorted(storage["runs"].items()) + [("(all)", storage["total"])]
+    for run, r in rows:
+        table.add_row(run, fmt_bytes(r["logical_bytes"]), fmt_bytes(r["stored_bytes"]),
+                      fmt_bytes(r["dedup_saved_bytes"]), fmt_bytes(r["zstd_saved_bytes"]),
+                      fmt_bytes(r["delta_saved_bytes"]))
+    out.print(table)
+    total = storage["total"]
+    ratio = total["stored_bytes"] / total["logical_bytes"] if total["logical_bytes"] else 1.0
+    out.print(f"stored: {fmt_bytes(total['store_bytes'])} of blobs on disk (delta bases included),"
+              f" {ratio:.2f}x of the checkpoints as plain folders")

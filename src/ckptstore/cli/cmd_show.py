@@ -81,6 +81,7 @@ def show(ref: str, with_tensors: bool, as_json: bool, store_path: str | None) ->
         ("stored from", ", ".join(f"{k} {v}" for k, v in env.items() if k != "platform")
          + " (the environment that saved it into the store)"),
     ]
+    rows += _storage_rows(store, info)
     for extra_key in ("parameters_by_module",):
         if extra_key in details:
             rows.append((extra_key.replace("_", " "), ", ".join(f"{k}: {v:,}" for k, v in details[extra_key].items())))
@@ -110,3 +111,21 @@ def _print_tensors(tensors: list[dict[str, Any]], width: int) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for name, dtype, shape, count in table:
         out.print(escape(f"  {name:<{widths[0]}}  {dtype:<{widths[1]}}  {shape:<{widths[2]}}  {count:>12}"))
+
+
+def _storage_rows(store, info) -> list[tuple[str, str]]:
+    """How the blobs are stored (raw, zstd, delta), and training state a storage policy dropped."""
+    rows = []
+    mix = store.encodings(info.id)
+    # Blob counts as "n of them": the files list below counts blobs per file, and tests read those counts.
+    rows.append(("encodings", ", ".join(
+        f"{name} {fmt_bytes(row['raw_bytes'])}"
+        + (f" stored in {fmt_bytes(row['stored_bytes'])}" if row["stored_bytes"] != row["raw_bytes"] else "")
+        + f" ({row['blobs']:,} of them)"
+        for name, row in sorted(mix.items()))))
+    slimmed = info.metadata.get("slimmed")
+    if isinstance(slimmed, dict):
+        rows.append(("training state", f"dropped by the run's policy ({slimmed.get('rule')}):"
+                     f" {', '.join(slimmed.get('dropped', []))} ({fmt_bytes(slimmed.get('dropped_bytes', 0))});"
+                     " loadable and exportable, not resumable"))
+    return rows
