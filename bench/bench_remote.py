@@ -13,6 +13,8 @@
 Each time is the median of N runs, the two sides alternating who goes first. Run:
     python bench/bench_remote.py            # BERT-base, 3 runs
     python bench/bench_remote.py --quick    # a 6-layer, 384-wide BERT, 2 runs (a minute or two)
+    python bench/bench_remote.py --requests-only  # one push, then the request counts alone
+                                                  # (bench/results/bench_remote_requests.*; no timing)
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common.add_arguments(ap, repeat=3)
     ap.add_argument("--quick", action="store_true", help="a small BERT (6 layers, 384 wide) and 2 runs")
+    ap.add_argument("--requests-only", action="store_true",
+                    help="no timing: one push, then the requests per operation (bench_remote_requests results)")
     args = ap.parse_args()
     if args.quick and args.repeat == 3:
         args.repeat = 2
@@ -120,7 +124,10 @@ def run(args, work: Path, endpoint: str) -> None:
 
     times: dict[str, list[float]] = {k: [] for k in ("push_ours", "push_boto3", "cold_ours", "cold_boto3",
                                                      "warm_ours", "warm_local")}
-    for i in range(args.repeat):
+    if args.requests_only:
+        args.repeat = 1
+        Store.init(f"s3://{bucket}/store-0").save(folder, "bert/step-1")
+    for i in range(0 if args.requests_only else args.repeat):
         url = f"s3://{bucket}/store-{i}"
         ours_cache = work / f"cache-{i}"
         # -- push ------------------------------------------------------------------------------------------------
@@ -184,6 +191,21 @@ def run(args, work: Path, endpoint: str) -> None:
     store.tag("bert/step-3", "prod")
     tag_move_requests = _delta(before, store.requests)
 
+    if args.requests_only:
+        results = {"model_params": params, "folder_bytes": size, "concurrency": CONCURRENCY,
+                   "repush": {"uploaded_bytes": report.new_bytes, "changed_tensor_bytes": changed,
+                              "requests": repush_requests},
+                   "requests": {"ls_nothing_new": ls_requests, "save_unchanged": unchanged_requests,
+                                "tag_set": tag_requests, "tag_move": tag_move_requests}}
+        rows = [["ls with nothing new", _fmt(ls_requests)],
+                ["save of an unchanged model", _fmt(unchanged_requests)],
+                ["save after a fine-tune with frozen embeddings", _fmt(repush_requests)],
+                ["tag set / tag move", f"{_fmt(tag_requests)} / {_fmt(tag_move_requests)}"]]
+        _common.write_results("bench_remote_requests" + ("_quick" if args.quick else ""), tmp=work, args=args,
+                              results=results, table=(["operation", "requests"], rows),
+                              title=f"bench_remote --requests-only: {params / 1e6:.0f}M-parameter BERT on a local"
+                                    " moto_server, requests per operation")
+        return
     med = {k: statistics.median(v) for k, v in times.items()}
     results = {
         "model_params": params, "folder_bytes": size, "concurrency": CONCURRENCY,

@@ -36,7 +36,7 @@ MULTIPART_BYTES = 32 << 20
 PART_BYTES = 8 << 20
 # What a store's prefix may hold; anything else there means the prefix is not a store (init refuses it).
 LAYOUT = ("store.json", "objects", "checkpoints", "names", "refs", "policies", "deleted", "annotations", "locks",
-          "leases")
+          "leases", "journal")
 
 
 def _concurrency() -> int:
@@ -85,11 +85,12 @@ class Remote:
         except FileNotFoundError:
             return None
 
-    def list(self, prefix: str) -> Iterator[dict]:
+    def list(self, prefix: str, offset: str | None = None) -> Iterator[dict]:
         import obstore
         import obstore.exceptions as oe
 
-        stream = obstore.list(self.client, prefix=prefix, chunk_size=1000)
+        # `offset`: only keys after it (S3's start-after), so a reader of the journal lists only its tail.
+        stream = obstore.list(self.client, prefix=prefix, offset=offset, chunk_size=1000)
         pages = 0
         while True:
             try:
@@ -319,6 +320,14 @@ class ObjectDocuments:
         etag, _, data = raw.partition(b"\n")
         return (data, seen[0]) if etag.decode() == seen[0] else None
 
+    def copy(self, key: str) -> bytes | None:
+        """The local copy of a document last read or listed, however old: for manifests, whose bytes never change
+        (the caller checks them against their hash), once the index says they are there."""
+        try:
+            return self._copy_path(key).read_bytes().partition(b"\n")[2]
+        except OSError:
+            return None
+
     def _keep(self, key: str, data: bytes, etag: str) -> None:
         if len(data) > 1 << 20:
             return
@@ -410,6 +419,11 @@ class ObjectDocuments:
 
     def list_meta(self, prefix: str) -> Iterator[dict]:
         yield from self.remote.list(prefix)
+
+    def list_after(self, prefix: str, offset: str) -> Iterator[str]:
+        """Keys under `prefix` that sort after `offset` (one request per 1000 of them): the journal's tail."""
+        for meta in self.remote.list(prefix, offset=offset):
+            yield meta["path"]
 
 
 def _lease_seconds() -> float:

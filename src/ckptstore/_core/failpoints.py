@@ -31,6 +31,8 @@ The failpoints, in the order a save, a delete, a gc and a tag update reach them:
 ``ref.fsync``          before a tag file's fsync
 ``ref.rename``         before the rename that moves a tag
 ``ref.remove``         before a tag file is unlinked (delete, untag, prune)
+``journal.write``      before the journal entry a remote store writes after each change the index shows
+                       (a name claimed or released, a tag, an annotation, a deletion record)
 ``index.update``       before each SQLite transaction that adds or removes checkpoints in the index
 ``index.tags``         before the SQLite transaction that rewrites the tags table of the index
 ``delete.log``         before a delete (or prune) writes its deletion records ``deleted/<id>`` (then

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .._core.failpoints import failpoint
 from .._core.info import human_bytes
-from .._repo import annotations
+from .._repo import annotations, journal
 from .._repo.encoded import delta_bases
 from ..errors import CkptError, CorruptObject, StoreLocked
 
@@ -116,4 +116,6 @@ def gc(repo: "Repository", *, dry_run: bool = False, timeout: float = 60.0) -> G
         for digest, _ in garbage:
             repo.blobs.delete(digest)
         repo.backend.remove_leftovers(tmp)
+        if repo.journaled:
+            journal.trim(repo.docs)
     return GcPlan(garbage, tmp, len(referenced), executed=True, manifests=tuple(unclaimed))
