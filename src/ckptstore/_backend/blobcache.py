@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class BlobCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.files = LocalBlobs(self.root)  # objects/ab/cdef..., mapped as a local store's blobs are
+        self._lock = threading.Lock()
         self._total: int | None = None  # what the cache holds, counted once then kept up to date by `add`
 
     def path(self, digest: str, size: int | None = None) -> str | None:
@@ -108,14 +110,15 @@ class BlobCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if self._total is None:
-            self._total = self.usage().bytes  # once: every other process's blobs count too
-        else:
-            self._total += len(data)
-        if self._total > self.max_bytes:
-            # Down to 15/16 of the cap, so that a full cache is not walked again at the next blob.
-            _, freed = self.prune(self.max_bytes - self.max_bytes // 16)
-            self._total -= freed
+        with self._lock:  # loads and exports add from several threads
+            if self._total is None:
+                self._total = self.usage().bytes  # once: every other process's blobs count too
+            else:
+                self._total += len(data)
+            if self._total > self.max_bytes:
+                # Down to 15/16 of the cap, so that a full cache is not walked again at the next blob.
+                _, freed = self.prune(self.max_bytes - self.max_bytes // 16)
+                self._total -= freed
         return final
 
     def discard(self, digest: str) -> None:

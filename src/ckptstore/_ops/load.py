@@ -170,7 +170,15 @@ class _Decoded:
     def local_path(self, digest: str) -> str | None:
         if digest in self._decoded:
             return None
-        return self._paths.get(digest) or self._blobs.local_path(digest)
+        path = self._paths.get(digest)
+        if path is None:
+            return self._blobs.local_path(digest)
+        if not os.path.exists(path):
+            # Evicted since it was decoded (a load larger than the cache's cap, or a prune meanwhile): into memory.
+            del self._paths[digest]
+            self._decoded[digest] = self._blobs.read(digest)
+            return None
+        return path
 
     def map(self, blobs):
         if any(d in self._decoded or d in self._paths for d, _ in blobs):
@@ -180,8 +188,9 @@ class _Decoded:
     def read(self, digest: str, start: int = 0, end: int | None = None) -> bytes:
         data = self._decoded.get(digest)
         if data is None and (path := self._paths.get(digest)) is not None:
-            with open(path, "rb") as f:
-                data = f.read()
+            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: decoded again below
+                with open(path, "rb") as f:
+                    data = f.read()
         if data is None:
             return self._blobs.read(digest, start, end)
         return data if not start and end is None else data[start:end]
