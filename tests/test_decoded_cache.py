@@ -132,3 +132,19 @@ def test_cap_zero_caches_nothing_and_prune_empties_the_cache(packed, trained_run
     assert _same(reopened.load_state_dict("run/step-4"), trained_run[3])
     assert not any(BlobCache(cache_dir).entries())
     reopened.close()
+
+
+def test_chunked_tensors_of_a_packed_checkpoint_map_from_the_cache(trained_run, cache_dir, tmp_path):  # noqa: F811
+    with Store.init(tmp_path / "small-chunks", chunk_bytes=16384) as store:
+        _save_all(store, trained_run)
+        store.pack("run", keep_raw=False)
+        chunked = [e for f in store.manifest("run/step-4").files if f.is_safetensors
+                   for e, parts in f.tensor_blobs().items() if len(parts) > 1]
+        assert chunked
+        assert _same(store.load_state_dict("run/step-4"), trained_run[3])
+        before = decode_count()
+        loaded = store.load_state_dict("run/step-4")
+        assert decode_count() == before
+        assert _same(loaded, trained_run[3])
+        loaded[chunked[0]].add_(1)  # private maps: writing to a loaded tensor never reaches the cache
+        assert _same(store.load_state_dict("run/step-4", verify=True), trained_run[3])

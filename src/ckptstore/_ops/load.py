@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._format import safetensors as _safetensors
-from .._backend.posix import copy_into, write_at
+from .._backend.posix import copy_into, map_concat, write_at
 from .._format.manifest import FileEntry, Manifest, TensorEntry
 from .._format.modelfacts import weight_files  # noqa: F401  (re-exported: callers use _load.weight_files)
 from .._backend.protocols import Blobs
@@ -181,9 +181,26 @@ class _Decoded:
         return path
 
     def map(self, blobs):
-        if any(d in self._decoded or d in self._paths for d, _ in blobs):
-            return None
-        return self._blobs.map(blobs)
+        """A chunked tensor's blobs mapped side by side, from the cache's files for the decoded ones."""
+        if not any(d in self._decoded or d in self._paths for d, _ in blobs):
+            return self._blobs.map(blobs)
+        paths = [self.local_path(d) for d, _ in blobs]
+        if any(p is None for p in paths):
+            return None  # one is in memory only: the caller reads them
+        fds: list[tuple[int, int]] = []
+        try:
+            for path, (_, size) in zip(paths, blobs):
+                try:
+                    fds.append((os.open(path, os.O_RDONLY), size))
+                except FileNotFoundError:
+                    return None
+                if os.fstat(fds[-1][0]).st_size != size:
+                    return None  # checked first: a map past the end of a file kills the process; read reports it
+            region = map_concat(fds)
+            return None if region is None else memoryview(region)
+        finally:
+            for fd, _ in fds:
+                os.close(fd)
 
     def read(self, digest: str, start: int = 0, end: int | None = None) -> bytes:
         data = self._decoded.get(digest)
