@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path_factory):
     """Nothing from the developer's environment leaks in: no store, no hub access, no user cache."""
-    for var in ("CKPT_STORE", "CKPT_FAILPOINT", "HF_TOKEN"):
+    for var in ("CKPT_STORE", "CKPT_FAILPOINT", "HF_TOKEN", "CKPT_CACHE_DIR", "CKPT_CACHE_MAX_BYTES"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))  # blob cache, indexes: per test
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")

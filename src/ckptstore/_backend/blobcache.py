@@ -8,13 +8,17 @@ The layout is a store's (``objects/ab/cdef...``), so the local backend's zero-co
 one cache serves every remote store of the user (a blob is the same blob whichever bucket it came from).
 
 Where: ``$CKPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ckptstore/blobs`` (``~/.cache/ckptstore/blobs``); cap:
-``$CKPT_CACHE_MAX_BYTES`` (default 20 GiB), enforced after each fetch by removing the least recently used blobs.
+``$CKPT_CACHE_MAX_BYTES`` (default 20 GiB), enforced as blobs enter by removing the least recently used blobs.
+
+It also keeps the decoded bytes of a local store's packed blobs (_repo/encoded.py): the same bytes under the same
+name, so a second load maps them zero-copy and an export copies them, as for a raw blob.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,7 +70,8 @@ class BlobCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.files = LocalBlobs(self.root)  # objects/ab/cdef..., mapped as a local store's blobs are
-        self._added = 0
+        self._lock = threading.Lock()
+        self._total: int | None = None  # what the cache holds, counted once then kept up to date by `add`
 
     def path(self, digest: str, size: int | None = None) -> str | None:
         """The cached file of `digest` (its use recorded for LRU), or None. A file of the wrong size is dropped."""
@@ -85,9 +90,10 @@ class BlobCache:
                 os.utime(path)
         return path
 
-    def add(self, digest: str, data: bytes | memoryview, *, source: str = "") -> str:
-        """Check `data` against `digest`, then keep it. CorruptObject (nothing cached) when it does not match."""
-        if hash_bytes(data) != digest:
+    def add(self, digest: str, data: bytes | memoryview, *, source: str = "", checked: bool = False) -> str:
+        """Check `data` against `digest`, then keep it. CorruptObject (nothing cached) when it does not match.
+        `checked`: the caller has just hashed these very bytes (a decode checks its output), so not twice."""
+        if not checked and hash_bytes(data) != digest:
             raise CorruptObject(
                 f"Blob {digest[:12]} fetched from {source or 'the remote store'} does not match its hash (its bytes"
                 " were changed in the store); it was not used or cached.",
@@ -104,10 +110,15 @@ class BlobCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._added += len(data)
-        if self._added > self.max_bytes // 16:  # not after every blob: a prune walks the whole cache
-            self._added = 0
-            self.prune(self.max_bytes)
+        with self._lock:  # loads and exports add from several threads
+            if self._total is None:
+                self._total = self.usage().bytes  # once: every other process's blobs count too
+            else:
+                self._total += len(data)
+            if self._total > self.max_bytes:
+                # Down to 15/16 of the cap, so that a full cache is not walked again at the next blob.
+                _, freed = self.prune(self.max_bytes - self.max_bytes // 16)
+                self._total -= freed
         return final
 
     def discard(self, digest: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._format import safetensors as _safetensors
-from .._backend.posix import copy_into, write_at
+from .._backend.posix import copy_into, map_concat, write_at
 from .._format.manifest import FileEntry, Manifest, TensorEntry
 from .._format.modelfacts import weight_files  # noqa: F401  (re-exported: callers use _load.weight_files)
 from .._backend.protocols import Blobs
@@ -131,7 +131,7 @@ def load_state_dict(
         )
     prefetch(blobs, files, ckpt=manifest.name)
     out: dict[str, torch.Tensor] = {}
-    blobs = _predecoded(blobs, files)
+    blobs = _predecoded(blobs, files, verify=verify)
     for f in files:
         parts = f.tensor_blobs()
         for entry in f.tensors:
@@ -156,39 +156,85 @@ def prefetch(blobs: Blobs, files: Iterable[FileEntry], *, ckpt: str) -> None:
             exc.args = (exc.message,)
         raise
 class _Decoded:
-    """The store's blobs, with the packed ones among a load's already decoded (on every core, side by side)."""
+    """The store's blobs, with the packed ones among a load's already decoded: into files of the local blob cache
+    (mapped zero-copy like raw blobs), or into memory where they cannot be cached."""
 
-    def __init__(self, blobs: Blobs, decoded: dict[str, bytes]) -> None:
+    def __init__(self, blobs: Blobs, paths: dict[str, str], decoded: dict[str, bytes]) -> None:
         self._blobs = blobs
+        self._paths = paths
         self._decoded = decoded
 
     def __getattr__(self, name: str):
         return getattr(self._blobs, name)
 
     def local_path(self, digest: str) -> str | None:
-        return None if digest in self._decoded else self._blobs.local_path(digest)
+        if digest in self._decoded:
+            return None
+        path = self._paths.get(digest)
+        if path is None:
+            return self._blobs.local_path(digest)
+        if not os.path.exists(path):
+            # Evicted since it was decoded (a load larger than the cache's cap, or a prune meanwhile): into memory.
+            del self._paths[digest]
+            self._decoded[digest] = self._blobs.read(digest)
+            return None
+        return path
 
     def map(self, blobs):
-        return None if any(d in self._decoded for d, _ in blobs) else self._blobs.map(blobs)
+        """A chunked tensor's blobs mapped side by side, from the cache's files for the decoded ones."""
+        if not any(d in self._decoded or d in self._paths for d, _ in blobs):
+            return self._blobs.map(blobs)
+        paths = [self.local_path(d) for d, _ in blobs]
+        if any(p is None for p in paths):
+            return None  # one is in memory only: the caller reads them
+        fds: list[tuple[int, int]] = []
+        try:
+            for path, (_, size) in zip(paths, blobs):
+                try:
+                    fds.append((os.open(path, os.O_RDONLY), size))
+                except FileNotFoundError:
+                    return None
+                if os.fstat(fds[-1][0]).st_size != size:
+                    return None  # checked first: a map past the end of a file kills the process; read reports it
+            region = map_concat(fds)
+            return None if region is None else memoryview(region)
+        finally:
+            for fd, _ in fds:
+                os.close(fd)
 
     def read(self, digest: str, start: int = 0, end: int | None = None) -> bytes:
         data = self._decoded.get(digest)
+        if data is None and (path := self._paths.get(digest)) is not None:
+            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: decoded again below
+                with open(path, "rb") as f:
+                    data = f.read()
         if data is None:
             return self._blobs.read(digest, start, end)
         return data if not start and end is None else data[start:end]
 
 
-def _predecoded(blobs: Blobs, files: list[FileEntry]) -> Blobs:
-    """Packed blobs (stored shorter than their raw size) are decoded in a pool of threads before the tensors are
-    built (zstd and BLAKE3 release the GIL); raw ones stay zero-copy maps. One stat per blob finds them."""
+def _predecoded(blobs: Blobs, files: list[FileEntry], *, verify: bool = False) -> Blobs:
+    """Packed blobs (stored shorter than their raw size) are found with one stat per blob, then decoded in a pool
+    of threads (zstd and BLAKE3 release the GIL) into the local blob cache, or found there already decoded by an
+    earlier load: either way they then map zero-copy, as raw blobs do."""
     stored_size = getattr(blobs, "stored_size", None)
     if stored_size is None:
         return blobs
-    packed = sorted({b.digest for f in files for b in f.blobs[1:] if stored_size(b.digest) not in (None, b.size)})
+    packed = sorted({(b.digest, b.size) for f in files for b in f.blobs[1:]
+                     if stored_size(b.digest) not in (None, b.size)})
     if not packed:
         return blobs
+    decoded_path = getattr(blobs, "decoded_path", None)
+
+    def one(item: tuple[str, int]) -> str | bytes:
+        digest, size = item
+        path = decoded_path(digest, size, verify=verify) if decoded_path is not None else None
+        return path if path is not None else blobs.read(digest)
+
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ckpt-decode") as pool:
-        return _Decoded(blobs, dict(zip(packed, pool.map(blobs.read, packed))))  # type: ignore[arg-type]
+        got = dict(zip((d for d, _ in packed), pool.map(one, packed)))
+    return _Decoded(blobs, {d: v for d, v in got.items() if isinstance(v, str)},
+                    {d: v for d, v in got.items() if not isinstance(v, str)})
 
 
 def read_file_bytes(blobs: Blobs, entry: FileEntry, *, verify: bool = True) -> bytes:
@@ -251,6 +297,13 @@ def _export_blob(
             copy_into(fd, path, blob.size, offset)
             return
         path = None
+    # Packed: decoded once into the local blob cache (hashed there when `verify`), then a kernel copy from it.
+    decoded_path = getattr(blobs, "decoded_path", None)
+    if (decoded_path is not None and (path is None or blobs.stored_size(blob.digest) not in (None, blob.size))
+            and (decoded := decoded_path(blob.digest, blob.size, verify=verify)) is not None):
+        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile by another process: decoded below
+            copy_into(fd, decoded, blob.size, offset)
+            return
     size = blobs.size(blob.digest)
     if size is None:
         raise CorruptObject(f"{damaged} is missing.", digest=blob.digest, path=file)

@@ -8,16 +8,37 @@ is always strictly shorter), falling back to `read` when they differ.
 
 Every decoded blob is checked against its digest (and a delta's base against its own), so a damaged base is
 reported as damage of each blob that depends on it, and never yields wrong bytes.
+
+Decoded once, kept: `decoded_path` decodes a packed blob into the user's local blob cache (_backend/blobcache.py,
+the one remote stores read through: content-addressed by the raw digest, written atomically, capped, least
+recently used out), so the next load maps it zero-copy and the next export copies it, as for a raw blob. The store
+itself is never written by a read. A cache file of the wrong size is dropped when met; with `verify` a cache file
+is hashed before use, and a damaged one is dropped and decoded again from the store.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
+from .._backend.blobcache import BlobCache, default_max_bytes
 from .._backend.protocols import Blobs, BlobSession
 from .._core.hashing import hash_bytes
 from .._format.encoding import DELTA, HEADER_SIZE, MAX_DECODE_CHAIN, ZSTD, Header, decode, parse_header
 from ..errors import CorruptObject
+
+_decodes = 0  # packed blobs decoded by this process (tests check that a warm load decodes none)
+_decodes_lock = threading.Lock()
+
+
+def decode_count() -> int:
+    return _decodes
+
+
+def _hash_file(path: str) -> str:
+    import blake3
+
+    return blake3.blake3().update_mmap(path).hexdigest()
 
 
 class EncodedBlobs:
@@ -28,6 +49,7 @@ class EncodedBlobs:
         # Packing replaces a stored object in place, which only a backend with `replace` can do (a local folder).
         # Elsewhere (object storage) every object is raw: reads pass straight through, never a header read more.
         self.encodings = callable(getattr(inner, "replace", None))
+        self._cache: BlobCache | None | bool = False  # False: not opened yet; None: no cache (cap 0, unwritable)
 
     def __getattr__(self, name: str):
         # What a backend's blobs offer beyond the protocol (a remote's prefetch and rehash) stays reachable.
@@ -84,10 +106,14 @@ class EncodedBlobs:
         return self._raw(digest, 0)
 
     def _raw(self, digest: str, depth: int) -> bytes:
+        global _decodes
         stored = self.inner.read(digest)
         head = parse_header(stored[:HEADER_SIZE], digest) if len(stored) >= HEADER_SIZE else None
         if head is None:
             return stored
+        if depth == 0:
+            with _decodes_lock:
+                _decodes += 1
         if head.base is not None and depth == 0:
             fast = self._chain_fast(stored, head)
             if fast is not None:
@@ -163,6 +189,33 @@ class EncodedBlobs:
             raise CorruptObject(f"Blob {digest[:12]} ({head.name}) decodes to bytes that do not match its hash.",
                                 digest=digest)
         return raw
+
+    # -- decoded blobs, kept in the local blob cache --------------------------------------------------------------
+    def decoded_cache(self) -> BlobCache | None:
+        if self._cache is False:
+            self._cache = BlobCache() if self.encodings and default_max_bytes() > 0 else None
+        return self._cache  # type: ignore[return-value]
+
+    def decoded_path(self, digest: str, size: int, *, verify: bool = False) -> str | None:
+        """A file holding the raw bytes of the packed blob `digest` (`size` bytes): its copy in the local blob
+        cache, decoded from the store first when absent. None when the blob is not stored encoded (raw, or
+        damaged: the caller reads it and reports the damage) or cannot be cached (then the caller decodes it)."""
+        cache = self.decoded_cache()
+        if cache is None:
+            return None
+        path = cache.path(digest, size)
+        if path is not None and verify and _hash_file(path) != digest:
+            cache.discard(digest)  # damaged on the local disk: never served, decoded again below
+            path = None
+        if path is not None:
+            return path
+        if size > cache.max_bytes or self.header(digest) is None:
+            return None
+        raw = self._raw(digest, 0)  # checked against the digest (CorruptObject when the store's bytes are bad)
+        try:
+            return cache.add(digest, raw, checked=True)
+        except OSError:
+            return None  # a full or read-only disk: the caller decodes into memory instead
 
     def local_path(self, digest: str) -> str | None:
         """The backend's file of the stored object: the raw bytes only when its size is the raw size."""
