@@ -54,7 +54,8 @@ def start_moto(port: int | None = None) -> MotoServer:
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    # A fresh install compiles moto's thousands of modules on its first start: a minute or more on 2 cores.
+    deadline = time.monotonic() + 240
     while True:
         try:
             urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
