@@ -200,6 +200,8 @@ class EncodedBlobs:
         """A file holding the raw bytes of the packed blob `digest` (`size` bytes): its copy in the local blob
         cache, decoded from the store first when absent. None when the blob is not stored encoded (raw, or
         damaged: the caller reads it and reports the damage) or cannot be cached (then the caller decodes it)."""
+        if self.header(digest) is None:  # raw (or damaged): never a cache look-up, no file touched for it
+            return None
         cache = self.decoded_cache()
         if cache is None:
             return None
@@ -209,7 +211,7 @@ class EncodedBlobs:
             path = None
         if path is not None:
             return path
-        if size > cache.max_bytes or self.header(digest) is None:
+        if size > cache.max_bytes:
             return None
         raw = self._raw(digest, 0)  # checked against the digest (CorruptObject when the store's bytes are bad)
         try:
