@@ -86,6 +86,20 @@ def test_pack_keeps_every_checkpoint_byte_exact_and_smaller(store, trained_run, 
     assert store.pack("run").blobs_encoded == 0
 
 
+def test_one_pack_of_many_checkpoints_keeps_chains_within_the_bound(store, trained_run, tmp_path, tree_sha256):
+    from ckptstore._ops import pack as _pack
+
+    ids = _save_all(store, trained_run)
+    report = _pack.pack(store._repo, ids, max_chain=2)
+    assert report.encodings.get("delta", 0) > 0
+    depths = [len(store._repo.blobs.chain(b.digest)) for i in range(1, 5)
+              for f in store.manifest(f"run/step-{i}").files for b in f.blobs]
+    assert max(depths) == 2  # deltas were written, each at most 2 links from a full copy
+    for i, folder in enumerate(trained_run, start=1):
+        store.export(f"run/step-{i}", tmp_path / f"out-{i}", verify=True)
+        assert tree_sha256(tmp_path / f"out-{i}") == tree_sha256(folder)
+
+
 def test_dry_run_changes_nothing(store, trained_run):
     _save_all(store, trained_run)
     before = sorted(store._repo.blobs.iter())

@@ -40,6 +40,7 @@ DEFAULT_MAX_CHAIN = 8  # a full copy at least every 8 deltas: a read decodes at 
 MIN_BLOB = 4096  # smaller blobs (configs, headers, the pickle) gain little and cost a read each
 _WORTH = 0.97  # keep the raw form unless the encoded one saves at least 3%
 _SAMPLE = 1 << 18
+_RECENT_BYTES = 1 << 30  # raw bytes of the last packed checkpoint kept in memory as the next one's delta bases
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def pack(repo: "Repository", ids: Iterable[str], *, dry_run: bool = False, level
                 bases.add(head.base)
 
         def chain_length(digest: str) -> int:
+            # A blob planned in this call counts at the chain it will have (at most: it may end zstd or raw), not
+            # at the raw one it has now; else one call packing ten checkpoints builds a chain ten deep.
             if digest not in depth:
                 try:
                     depth[digest] = len(repo.blobs.chain(digest))
@@ -206,6 +209,7 @@ def pack(repo: "Repository", ids: Iterable[str], *, dry_run: bool = False, level
                     if (candidate is not None and blob.digest not in bases and candidate[0].size == blob.size
                             and candidate[0].digest != blob.digest and chain_length(candidate[0].digest) < max_chain):
                         base = candidate[0].digest
+                    depth[blob.digest] = chain_length(base) + 1 if base is not None else 1
                     jobs.append((blob, i, base, entry, ordinal))
         candidate_bytes = sum(j[0].size for j in jobs)
         if dry_run:
@@ -228,13 +232,22 @@ def pack(repo: "Repository", ids: Iterable[str], *, dry_run: bool = False, level
 def _encode_all(repo: "Repository", jobs, *, level: int, threads: int | None) -> list[tuple[str, int, int]]:
     # Jobs run in checkpoint order, oldest first, and a base is always a blob of an earlier checkpoint (or one
     # already stored), so each base is in its final form, durable, before a delta naming it is written.
+    # The raw bytes of the checkpoint packed just before (hash-checked as they were read), up to _RECENT_BYTES:
+    # they are the next checkpoint's bases, which would otherwise be decoded back through their whole chain.
+    recent: dict[str, bytes] = {}
+    current: dict[str, bytes] = {}
+    budget = [_RECENT_BYTES]
+
     def one(job) -> tuple[str, int, int]:
         blob, index, base, entry, _ = job
         raw = repo.blobs.read(blob.digest)
         if hash_bytes(raw) != blob.digest:
             return ("raw", blob.size, blob.size)  # damaged: verify reports it; packing never hides it
+        if budget[0] >= len(raw):
+            budget[0] -= len(raw)
+            current[blob.digest] = raw
         width = _width(entry, index, _dtype_by_index(entry), raw)
-        base_raw = repo.blobs.read(base) if base is not None else None
+        base_raw = (recent.get(base) or repo.blobs.read(base)) if base is not None else None
         if base_raw is not None and not _delta_pays(raw, base_raw, width):
             base_raw = base = None  # the tensor moved too far (or was re-initialized) for a delta to pay
         depth = len(repo.blobs.chain(base)) + 1 if base is not None else 0
@@ -258,6 +271,8 @@ def _encode_all(repo: "Repository", jobs, *, level: int, threads: int | None) ->
             if batch and job[4] != batch[0][4]:
                 out.extend(pool.map(one, batch))
                 batch = []
+                recent, current = current, {}
+                budget[0] = _RECENT_BYTES - sum(len(v) for v in recent.values())
             batch.append(job)
         out.extend(pool.map(one, batch))
         return out
