@@ -312,6 +312,10 @@ def speed(tmp: Path, repeat: int) -> dict:
     latest_folder = folders[-1]
     raw_store = Store.init(tmp / "speed-raw")
     raw_store.save(latest_folder, "fp32/latest")
+    # The same store read with the encodings layer off (as for a backend that cannot pack): what this layer costs a
+    # load of a raw checkpoint, apart from everything else a load does.
+    plain_store = Store.open(raw_store.root)
+    plain_store._repo.blobs.encodings = False
     _common.use_quiet(30.0, tmp)
     cls = transformers.AutoModelForSequenceClassification
     # The first load decodes the packed blobs into the local blob cache (a folder of this run's own, set above);
@@ -323,12 +327,13 @@ def speed(tmp: Path, repeat: int) -> dict:
     out["export_packed_cold_s"], _ = _common.timed(lambda: store.export(packed_ref, dest))
     times: dict[str, list[float]] = {k: [] for k in ("from_pretrained packed folder", "load packed",
                                                     "from_pretrained latest folder", "load raw latest",
-                                                    "cp -r", "export packed")}
+                                                    "load raw latest, no encodings layer", "cp -r", "export packed")}
     ops = {
         "from_pretrained packed folder": lambda: cls.from_pretrained(packed_folder),
         "load packed": lambda: store.load(packed_ref, cls=cls),
         "from_pretrained latest folder": lambda: cls.from_pretrained(latest_folder),
         "load raw latest": lambda: raw_store.load("fp32/latest", cls=cls),
+        "load raw latest, no encodings layer": lambda: plain_store.load("fp32/latest", cls=cls),
     }
     for name, fn in ops.items():
         fn()  # warm
@@ -353,11 +358,14 @@ def speed(tmp: Path, repeat: int) -> dict:
     out["load_packed_over_from_pretrained"] = round(med["load packed"] / med["from_pretrained packed folder"], 3)
     out["load_raw_latest_over_from_pretrained"] = round(med["load raw latest"] / med["from_pretrained latest folder"], 3)
     out["export_packed_over_cp"] = round(med["export packed"] / med["cp -r"], 3)
+    out["load_raw_latest_over_no_encodings_layer"] = round(
+        med["load raw latest"] / med["load raw latest, no encodings layer"], 3)
     print(f"  load packed {out['load_packed_over_from_pretrained']}x from_pretrained, raw latest"
           f" {out['load_raw_latest_over_from_pretrained']}x, export packed {out['export_packed_over_cp']}x cp -r"
           f" (byte-exact: {exact})", flush=True)
     store.close()
     raw_store.close()
+    plain_store.close()
     out["zstd_levels"] = level_table(folders)
     return out
 
@@ -457,6 +465,10 @@ def main() -> None:
                      f" {m['from_pretrained packed folder']:.3f} s", f"{s['load_packed_over_from_pretrained']}x"])
         rows.append(["load raw latest vs from_pretrained", f"{m['load raw latest']:.3f} s vs"
                      f" {m['from_pretrained latest folder']:.3f} s", f"{s['load_raw_latest_over_from_pretrained']}x"])
+        if "load_raw_latest_over_no_encodings_layer" in s:
+            rows.append(["load raw latest vs the same with the encodings layer off",
+                         f"{m['load raw latest']:.3f} s vs {m['load raw latest, no encodings layer']:.3f} s",
+                         f"{s['load_raw_latest_over_no_encodings_layer']}x"])
         rows.append(["export packed vs cp -r", f"{m['export packed']:.3f} s vs {m['cp -r']:.3f} s",
                      f"{s['export_packed_over_cp']}x (byte-exact: {s['export_byte_exact']})"])
         rows.append(["first (cold-cache) load / export of the packed checkpoint",
