@@ -7,6 +7,7 @@ imports nothing heavy at import time: tests/reliability also uses `environment` 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
@@ -14,8 +15,10 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +109,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def seconds(fn: Callable[[], object]) -> float:
+    """The seconds of fn(), after waiting for a quiet machine."""
+    return timed(fn)[0]
+
+
 def settle(*paths: Path) -> None:
     """Remove what the previous op wrote and flush dirty pages, so that the next op pays for nobody else's."""
     for p in paths:
@@ -151,8 +159,8 @@ def block_device(path: Path) -> str | None:
     return os.path.basename(link)
 
 
-def add_arguments(ap, *, repeat: int) -> None:
-    """The options every bench takes."""
+def add_arguments(ap, *, repeat: int, quick: str | None = None) -> None:
+    """The options every bench takes; with `quick` (its help), --quick too."""
     ap.add_argument("--repeat", type=int, default=repeat,
                     help=f"runs per figure; the median is reported (default {repeat})")
     ap.add_argument("--tmp-dir", type=Path, default=REPO.parent / "bench-tmp", help="scratch space (removed after)")
@@ -161,6 +169,42 @@ def add_arguments(ap, *, repeat: int) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, metavar="DIR",
                     help="where <bench>.json and .md are written (default bench/results)")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. what else ran meanwhile)")
+    if quick is not None:
+        ap.add_argument("--quick", action="store_true", help=quick)
+
+
+def quiet_transformers() -> None:
+    """No transformers warnings or progress bars between a bench's lines."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def scratch(args, bench: str) -> Iterator[Path]:
+    """A fresh folder under --tmp-dir for this run of `bench`, removed afterwards; --tmp-dir too, when this run
+    made it and nothing else is left in it."""
+    made_root = not args.tmp_dir.exists()
+    args.tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{bench}-", dir=args.tmp_dir))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if made_root and not any(args.tmp_dir.iterdir()):
+            args.tmp_dir.rmdir()
+
+
+def rounds(args, work: Path) -> Iterator[int]:
+    """The rounds of a bench: -1 first, a warm-up whose figures the caller drops (lazy imports, first-call costs,
+    first touches of fresh memory: costly on a VM); then, each timed op waiting for a quiet machine and an idle
+    disk under `work` (use_quiet), rounds 0 to --repeat - 1, each said done on stderr."""
+    yield -1
+    use_quiet(args.quiet_timeout, work)
+    for i in range(args.repeat):
+        yield i
+        print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
 
 
 # -- where a figure was measured ---------------------------------------------------------------------------------

@@ -27,11 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
-from _common import in_turn, settle  # noqa: E402
-
-
-def _timed(fn) -> float:
-    return _common.timed(fn)[0]
+from _common import in_turn, seconds, settle  # noqa: E402
 
 
 def main() -> None:
@@ -68,35 +64,32 @@ def main() -> None:
     times: dict[str, list[float]] = {"by hand": [], "import": [], "re-import": [], "save": []}
 
     def by_hand(i: int) -> None:
-        times["by hand"].append(_timed(lambda: baseline(work / f"by-hand-{i}")))
+        times["by hand"].append(seconds(lambda: baseline(work / f"by-hand-{i}")))
         settle(work / f"by-hand-{i}")
 
     def ours(i: int) -> None:
         store = Store.init(work / f"store-{i}")
         settle()
-        times["import"].append(_timed(lambda: store.import_folder(legacy)))
+        times["import"].append(seconds(lambda: store.import_folder(legacy)))
         settle()
-        times["re-import"].append(_timed(lambda: store.import_folder(legacy, run="again")))
+        times["re-import"].append(seconds(lambda: store.import_folder(legacy, run="again")))
         store.close()
         settle(work / f"store-{i}")
 
     def plain(i: int) -> None:
         store = Store.init(work / f"plain-{i}")
         settle()
-        times["save"].append(_timed(lambda: store.save(modern, "minilm")))
+        times["save"].append(seconds(lambda: store.save(modern, "minilm")))
         store.close()
         settle(work / f"plain-{i}")
 
     try:
-        for i in range(-1, args.repeat):  # round -1 warms up lazy imports and is not counted
+        for i in _common.rounds(args, work):
             if i == 0:
-                _common.use_quiet(args.quiet_timeout, work)
                 for xs in times.values():
                     xs.clear()
             for part in in_turn([by_hand, ours, plain], max(i, 0)):
                 part(i)
-            if i >= 0:
-                print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,10 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
 import bench_store  # noqa: E402 - the model is the main benchmark's
 from _common import fsync_tree, in_turn, settle  # noqa: E402
-
-
-def timed(fn) -> float:
-    return _common.timed(fn)[0]
+from _common import seconds  # noqa: E402
 
 
 def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]], i: int = 0) -> None:
@@ -79,7 +74,7 @@ def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]
         if what.startswith("store"):
             Store.init(store_dir).close()
         settle()
-        record(what, timed(fn))
+        record(what, seconds(fn))
         settle(path)
 
     model.save_pretrained(folder)
@@ -87,15 +82,15 @@ def one_round(model, tensors, chunks, work: Path, results: dict[str, list[float]
     store.save(model, "bench/step-1")
     settle()
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        record("hash floor: BLAKE3 of every blob", timed(lambda: list(pool.map(hash_bytes, chunks))))
-    record("store.save (unchanged re-save)", timed(lambda: store.save(model, "bench/step-2")))
+        record("hash floor: BLAKE3 of every blob", seconds(lambda: list(pool.map(hash_bytes, chunks))))
+    record("store.save (unchanged re-save)", seconds(lambda: store.save(model, "bench/step-2")))
 
     dest = work / "dest"
     manifest = store.manifest("bench/step-1")
-    record("cp -r", timed(lambda: subprocess.run(["cp", "-r", str(folder), str(dest)], check=True)))
+    record("cp -r", seconds(lambda: subprocess.run(["cp", "-r", str(folder), str(dest)], check=True)))
     settle(dest)
     for n in (1, 2, 3):
-        record(f"store.export, {n} thread(s)", timed(lambda n=n: _load.export(store._repo.blobs, manifest, dest, threads=n)))
+        record(f"store.export, {n} thread(s)", seconds(lambda n=n: _load.export(store._repo.blobs, manifest, dest, threads=n)))
         settle(dest)
     store.close()
     settle(folder, store_dir)
@@ -118,30 +113,19 @@ def blob_chunks(model, chunk_bytes: int) -> tuple[dict, list[memoryview]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _common.add_arguments(ap, repeat=8)
-    ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
+    _common.add_arguments(ap, repeat=8, quick=bench_store.QUICK)
     args = ap.parse_args()
-
-    import transformers
 
     from ckptstore.config import DEFAULT_CHUNK_BYTES
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    args.tmp_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-limits-", dir=args.tmp_dir))
-    try:
+    _common.quiet_transformers()
+    with _common.scratch(args, "bench-limits") as work:
         model = bench_store.build_model(args.quick)
         tensors, chunks = blob_chunks(model, DEFAULT_CHUNK_BYTES)
         size = sum(len(c) for c in chunks)
-        one_round(model, tensors, chunks, work, {})  # warm-up: lazy imports, first touches of memory
-        _common.use_quiet(args.quiet_timeout, work)
         results: dict[str, list[float]] = {}
-        for i in range(args.repeat):
-            one_round(model, tensors, chunks, work, results, i)
-            print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for i in _common.rounds(args, work):
+            one_round(model, tensors, chunks, work, results if i >= 0 else {}, i)
 
     mb = size / 1e6
     title = (f"bench_limits: {mb:.1f} MB of weights in {len(chunks)} blobs{' (--quick)' if args.quick else ''};"

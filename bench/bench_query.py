@@ -105,16 +105,13 @@ def main() -> None:
             for n in range(20):
                 store.collection_delete(f"c{n}")
 
-        for i in range(-1, args.repeat):  # round -1 warms caches and lazy imports and is not counted
+        for i in _common.rounds(args, work):
             if i == 0:
-                _common.use_quiet(args.quiet_timeout, work)
                 for xs in times.values():
                     xs.clear()
             for part in in_turn([ask, manifests, listing], max(i, 0)) + in_turn([prune_plain, prune_collections],
                                                                               max(i, 0)):
                 part(i)
-            if i >= 0:
-                print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
         store.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

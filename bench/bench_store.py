@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import filecmp
 import gc
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,6 +52,9 @@ ROWS = [
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+QUICK = "a small BERT (~15 MB) for a smoke run"  # --quick of the benches on build_model's BERT
 
 
 def build_model(quick: bool):
@@ -156,36 +157,19 @@ def one_round(model, work: Path, i: int, results: dict[str, dict[str, list[float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _common.add_arguments(ap, repeat=9)
-    ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
+    _common.add_arguments(ap, repeat=9, quick=QUICK)
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
 
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-    created_root = not args.tmp_dir.exists()
-    args.tmp_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.tmp_dir))
-    try:
+    _common.quiet_transformers()
+    with _common.scratch(args, "bench-store") as work:
         model = build_model(args.quick)
         params = sum(p.numel() for p in model.parameters())
-        # Warm-up round, not timed: lazy imports and first-call costs on both sides, first touches of fresh memory
-        # (costly on a VM), and the correctness checks (same state dict loaded, byte-identical export).
-        one_round(model, work, -1, {}, check=True)
-        _common.use_quiet(args.quiet_timeout, work)
         results: dict[str, dict[str, list[float]]] = {}
-        size = 0
-        for i in range(args.repeat):
-            size = one_round(model, work, i, results, check=False)
-            print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if created_root and not any(args.tmp_dir.iterdir()):
-            args.tmp_dir.rmdir()
+        # The warm-up round also runs the correctness checks (same state dict loaded, byte-identical export).
+        for i in _common.rounds(args, work):
+            size = one_round(model, work, i, results if i >= 0 else {}, check=i < 0)
 
     report(results, size, params, args)
 

@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402 - the waits, the alternation, the timing and the results file of every bench
 import bench_store  # noqa: E402 - the model is the main benchmark's
 from _common import fsync_tree, in_turn, settle  # noqa: E402
-
-
-def timed(fn) -> float:
-    return _common.timed(fn)[0]
+from _common import seconds  # noqa: E402
 
 
 def cp_durable(folder: Path, dest: Path) -> None:
@@ -73,12 +68,12 @@ def one_round(src, refs: dict[str, str], folders: dict[str, Path], work: Path, r
              ("first sync: store.sync", ours, None)]
     for what, fn, path in in_turn(sides, i):
         settle()
-        record(what, timed(fn))
+        record(what, seconds(fn))
         if path is not None:
             settle(path)
     with Store.open(dst_dir) as dst:
         settle()
-        record("re-sync: store.sync (nothing to send)", timed(lambda: src.sync(dst, refs["a"])))
+        record("re-sync: store.sync (nothing to send)", seconds(lambda: src.sync(dst, refs["a"])))
 
     def ours_tuned() -> None:
         with Store.open(dst_dir) as dst:
@@ -88,7 +83,7 @@ def one_round(src, refs: dict[str, str], folders: dict[str, Path], work: Path, r
              ("fine-tune: store.sync", ours_tuned, None)]
     for what, fn, path in in_turn(sides, i):
         settle()
-        record(what, timed(fn))
+        record(what, seconds(fn))
         if path is not None:
             settle(path)
     settle(dst_dir)
@@ -97,19 +92,13 @@ def one_round(src, refs: dict[str, str], folders: dict[str, Path], work: Path, r
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _common.add_arguments(ap, repeat=5)
-    ap.add_argument("--quick", action="store_true", help="a small BERT (~15 MB) for a smoke run")
+    _common.add_arguments(ap, repeat=5, quick=bench_store.QUICK)
     args = ap.parse_args()
-
-    import transformers
 
     from ckptstore import Store
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    args.tmp_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-sync-", dir=args.tmp_dir))
-    try:
+    _common.quiet_transformers()
+    with _common.scratch(args, "bench-sync") as work:
         model = bench_store.build_model(args.quick)
         folders = {"a": work / "folder-a", "b": work / "folder-b"}
         src = Store.init(work / "src")
@@ -119,16 +108,10 @@ def main() -> None:
         model.save_pretrained(folders["b"])
         refs["b"] = src.save(folders["b"], "bench/step-2").id
         size = bench_store.folder_bytes(folders["a"])
-        one_round(src, refs, folders, work, {}, 0)  # warm-up: lazy imports, first touches of memory
-        _common.use_quiet(args.quiet_timeout, work)
         results: dict[str, list[float]] = {}
-        sent: dict[str, int] = {}
-        for i in range(args.repeat):
-            sent = one_round(src, refs, folders, work, results, i)
-            print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr)
+        for i in _common.rounds(args, work):
+            sent = one_round(src, refs, folders, work, results if i >= 0 else {}, i)
         src.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     mb = size / 1e6
     title = (f"bench_sync: a {mb:.1f} MB checkpoint synced between two local stores{' (--quick)' if args.quick else ''};"

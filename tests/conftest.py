@@ -84,23 +84,29 @@ class CliResult:
     err: str
 
 
+def run_cli(capsys, argv: list[str]) -> CliResult:
+    """`ckpt ARGV` run by the real CLI in this process: its exit code and what it printed."""
+    from ckptstore.cli import main
+
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
 @pytest.fixture
 def ckpt(capsys, tmp_path):
     """Run the real CLI in-process: ckpt("ls", "--json") -> CliResult. The store defaults to tmp_path/store."""
-    from ckptstore.cli import main
 
     def run(*args: str, store: Path | None = None) -> CliResult:
         argv = [str(a) for a in args]
         if args and args[0] != "init" and "--store" not in argv:
             argv += ["--store", str(store or tmp_path / "store")]
-        capsys.readouterr()
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
+        return run_cli(capsys, argv)
 
     return run
 

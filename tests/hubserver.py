@@ -46,6 +46,18 @@ def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class Refused(Exception):
+    """An endpoint's refusal, answered as the Hub answers it (see `_error`), from however deep it is found."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.response = _error(status, message, code)
+
+
+def _no_revision() -> Refused:
+    return Refused(404, "Invalid rev id", "RevisionNotFound")
+
+
 class HubServer:
     def __init__(self, root: Path, tokens: set[str]) -> None:
         self.root = Path(root)
@@ -76,7 +88,7 @@ class HubServer:
             Route("/lfs/upload/{oid}", self.lfs_upload, methods=["PUT"]),
             Route("/lfs/verify/{oid}", self.lfs_verify, methods=["POST"]),
             Route("/{org}/{name}/resolve/{rev}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
-        ])
+        ], exception_handlers={Refused: lambda request, exc: exc.response})
 
     # -- state on disk -------------------------------------------------------------------------------------------
     def _repo_file(self, repo_id: str) -> Path:
@@ -107,6 +119,13 @@ class HubServer:
             if ref in state["refs"]:
                 return state["refs"][ref]
         return rev if rev in state["commits"] else None
+
+    def _commit_of(self, state: dict, rev: str) -> str:
+        """The commit `rev` names; Refused (as the Hub refuses an unknown revision) when it names none."""
+        commit = self._resolve_rev(state, rev)
+        if commit is None:
+            raise _no_revision()
+        return commit
 
     def _new_commit(self, state: dict, parent: str | None, tree: dict, message: str) -> str:
         oid = hashlib.sha1(json.dumps([parent, tree, message, time.time_ns()], sort_keys=True).encode()).hexdigest()
@@ -142,20 +161,23 @@ class HubServer:
         self.authorizations.append(auth)
         return auth.removeprefix("Bearer ").strip() in self.tokens
 
-    def _read_state(self, request: Request, repo_id: str) -> tuple[dict | None, Response | None]:
+    def _read_state(self, request: Request) -> tuple[str, dict]:
+        """(repo id, state) of the repository the request's path names; Refused when this caller may not read it."""
+        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         ok = self._token_ok(request)
         if ok is False:
-            return None, _error(401, "Invalid credentials in Authorization header")
+            raise Refused(401, "Invalid credentials in Authorization header")
         state = self.load(repo_id)
         if state is None or (state["private"] and not ok):
-            return None, _error(404, "Repository not found", "RepoNotFound")
-        return state, None
+            raise Refused(404, "Repository not found", "RepoNotFound")
+        return repo_id, state
 
-    def _write_state(self, request: Request, repo_id: str) -> tuple[dict | None, Response | None]:
-        state, problem = self._read_state(request, repo_id)
-        if problem is None and not self._token_ok_cached(request):
-            return None, _error(401, "You must be authenticated to write", None)
-        return state, problem
+    def _write_state(self, request: Request) -> tuple[str, dict]:
+        """`_read_state`, for a caller that must also be allowed to write."""
+        repo_id, state = self._read_state(request)
+        if not self._token_ok_cached(request):
+            raise Refused(401, "You must be authenticated to write", None)
+        return repo_id, state
 
     def _token_ok_cached(self, request: Request) -> bool:
         auth = request.headers.get("authorization") or ""
@@ -194,27 +216,17 @@ class HubServer:
         return JSONResponse({"errors": [], "warnings": []})
 
     async def repo_info(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._read_state(request, repo_id)
-        if problem:
-            return problem
-        commit = self._resolve_rev(state, request.path_params["rev"])
-        if commit is None:
-            return _error(404, "Invalid rev id", "RevisionNotFound")
+        repo_id, state = self._read_state(request)
+        commit = self._commit_of(state, request.path_params["rev"])
         tree = state["commits"][commit]["tree"]
         return JSONResponse({"id": repo_id, "modelId": repo_id, "sha": commit, "private": state["private"],
                              "siblings": [{"rfilename": p} for p in sorted(tree)], "tags": [], "downloads": 0,
                              "likes": 0, "createdAt": state["created"], "lastModified": state["created"]})
 
     async def tree(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._read_state(request, repo_id)
-        if problem:
-            return problem
+        _, state = self._read_state(request)
         rev, _, prefix = request.path_params["rest"].partition("/")
-        commit = self._resolve_rev(state, rev)
-        if commit is None:
-            return _error(404, "Invalid rev id", "RevisionNotFound")
+        commit = self._commit_of(state, rev)
         out = []
         for path, e in sorted(state["commits"][commit]["tree"].items()):
             if prefix and not path.startswith(prefix.rstrip("/") + "/"):
@@ -226,10 +238,7 @@ class HubServer:
         return JSONResponse(out)
 
     async def refs(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._read_state(request, repo_id)
-        if problem:
-            return problem
+        _, state = self._read_state(request)
 
         def listed(kind: str) -> list[dict]:
             return [{"name": r.split("/", 1)[1], "ref": f"refs/{r}", "targetCommit": c}
@@ -238,13 +247,8 @@ class HubServer:
         return JSONResponse({"branches": listed("heads"), "tags": listed("tags"), "converts": []})
 
     async def preupload(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._write_state(request, repo_id)
-        if problem:
-            return problem
-        commit = self._resolve_rev(state, request.path_params["rev"])
-        if commit is None:
-            return _error(404, "Invalid rev id", "RevisionNotFound")
+        _, state = self._write_state(request)
+        commit = self._commit_of(state, request.path_params["rev"])
         tree = state["commits"][commit]["tree"]
         files = []
         for f in (await request.json())["files"]:
@@ -257,10 +261,7 @@ class HubServer:
         return JSONResponse({"files": files, "commitOid": commit})
 
     async def lfs_batch(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._write_state(request, repo_id)
-        if problem:
-            return problem
+        _, state = self._write_state(request)
         objects = []
         for obj in (await request.json())["objects"]:
             item = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
@@ -303,17 +304,14 @@ class HubServer:
         return JSONResponse({"ok": True})
 
     async def commit(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._write_state(request, repo_id)
-        if problem:
-            return problem
+        repo_id, state = self._write_state(request)
         branch = unquote(request.path_params["rev"])
         lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
         with self.lock:
             state = self.load(repo_id)
             parent = state["refs"].get(f"heads/{branch}")
             if parent is None:
-                return _error(404, "Invalid rev id", "RevisionNotFound")
+                raise _no_revision()
             tree = dict(state["commits"][parent]["tree"])
             message = ""
             for item in lines:
@@ -343,10 +341,7 @@ class HubServer:
                              "pullRequestUrl": None})
 
     async def create_branch(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._write_state(request, repo_id)
-        if problem:
-            return problem
+        repo_id, state = self._write_state(request)
         branch = unquote(request.path_params["branch"])
         body = await request.json() if await request.body() else {}
         with self.lock:
@@ -359,10 +354,7 @@ class HubServer:
         return JSONResponse({})
 
     async def tag(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._write_state(request, repo_id)
-        if problem:
-            return problem
+        repo_id, state = self._write_state(request)
         with self.lock:
             state = self.load(repo_id)
             if request.method == "DELETE":
@@ -371,21 +363,14 @@ class HubServer:
                 tag = (await request.json())["tag"]
                 if f"tags/{tag}" in state["refs"]:
                     return _error(409, "Tag already exists")
-                commit = self._resolve_rev(state, request.path_params["rev"])
-                if commit is None:
-                    return _error(404, "Invalid rev id", "RevisionNotFound")
+                commit = self._commit_of(state, request.path_params["rev"])
                 state["refs"][f"tags/{tag}"] = commit
             self._save(repo_id, state)
         return JSONResponse({})
 
     async def resolve(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        state, problem = self._read_state(request, repo_id)
-        if problem:
-            return problem
-        commit = self._resolve_rev(state, request.path_params["rev"])
-        if commit is None:
-            return _error(404, "Invalid rev id", "RevisionNotFound")
+        _, state = self._read_state(request)
+        commit = self._commit_of(state, request.path_params["rev"])
         entry = state["commits"][commit]["tree"].get(unquote(request.path_params["path"]))
         if entry is None:
             return _error(404, "Entry not found", "EntryNotFound")

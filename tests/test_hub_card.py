@@ -7,28 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from huggingface_hub import HfApi, ModelCard, snapshot_download
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
 from conftest import make_tiny_bert
 from hubserver import TOKEN, UPLOAD_WARNING, hub, online  # noqa: F401 - fixtures
+from tinydata import TinyDataset
 
 pytestmark = pytest.mark.filterwarnings(UPLOAD_WARNING)
-
-
-class TinyDataset(torch.utils.data.Dataset):
-    def __init__(self, n: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1, 99, (n, 12), generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
 def accuracy(pred) -> dict[str, float]:

@@ -6,7 +6,9 @@ caught by the full listing sync it falls back to."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -134,20 +136,42 @@ def _skewed(monkeypatch, seconds: float) -> None:
                         lambda changed, now_ns=None: original(changed, journal.time.time_ns() - int(seconds * 1e9)))
 
 
-def test_an_entry_from_a_clock_five_minutes_behind_shows_up(s3_url, moto_server, tmp_path, monkeypatch):
-    store = Store.init(s3_url)
+def _saved(url: str, steps: int) -> object:
+    """bert/step-1 to step-`steps` saved at `url`, and this machine's index in line with them; returns the model."""
+    store = Store.init(url)
     model = make_tiny_bert()
-    store.save(model, "bert/step-1")
-    store.save(model, "bert/step-2")
+    for step in range(1, steps + 1):
+        store.save(model, f"bert/step-{step}")
     store.close()
-    _ls_cost(s3_url)
-    with monkeypatch.context() as mp:
-        _as(mp, moto_server, tmp_path, "late")
-        _skewed(mp, 300)
-        writer = Store.open(s3_url)
+    _ls_cost(url)
+    return model
+
+
+@pytest.fixture
+def other_machine(s3_url, moto_server, tmp_path, monkeypatch):
+    """`with other_machine(WHO, behind=S) as writer`: the store as machine WHO opens it (an index and cache of its
+    own), its journal clock S seconds behind (negative: ahead); closed at the end of the block."""
+
+    @contextlib.contextmanager
+    def open_as(who: str, *, behind: float = 0.0) -> Iterator[Store]:
+        with monkeypatch.context() as mp:
+            _as(mp, moto_server, tmp_path, who)
+            if behind:
+                _skewed(mp, behind)
+            writer = Store.open(s3_url)
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    return open_as
+
+
+def test_an_entry_from_a_clock_five_minutes_behind_shows_up(s3_url, moto_server, other_machine):
+    model = _saved(s3_url, 2)
+    with other_machine("late", behind=300) as writer:
         writer.tag("bert/step-1", "prod")
         writer.save(model, "bert/step-3")
-        writer.close()
     entries = [journal.parse(k) for k in _bucket_keys(moto_server, s3_url, "journal/")]
     assert any(changed == "refs/tags/bert/prod" for _, changed in entries)
     reader = Store.open(s3_url)
@@ -156,20 +180,12 @@ def test_an_entry_from_a_clock_five_minutes_behind_shows_up(s3_url, moto_server,
     assert reader.requests["LIST"] <= 2  # incremental, not the listing sync
 
 
-def test_what_the_journal_misses_shows_up_at_the_periodic_full_sync(s3_url, moto_server, tmp_path, monkeypatch):
-    store = Store.init(s3_url)
-    model = make_tiny_bert()
-    store.save(model, "bert/step-1")
-    store.save(model, "bert/step-2")
-    store.close()
-    _ls_cost(s3_url)
+def test_what_the_journal_misses_shows_up_at_the_periodic_full_sync(s3_url, moto_server, tmp_path, monkeypatch,
+                                                                     other_machine):
+    _saved(s3_url, 2)
     # A writer whose clock is 20 minutes behind (past the 10 minute window) ...
-    with monkeypatch.context() as mp:
-        _as(mp, moto_server, tmp_path, "far")
-        _skewed(mp, 1200)
-        writer = Store.open(s3_url)
+    with other_machine("far", behind=1200) as writer:
         writer.tag("bert/step-1", "prod")
-        writer.close()
     # ... and one killed between its change and the journal entry.
     killed = run_ckpt_subprocess("--store", s3_url, "tag", "bert/step-2", "rc",
                                  env={**_env(moto_server, tmp_path, "killed"), "CKPT_FAILPOINT": "journal.write:kill"})
@@ -184,18 +200,12 @@ def test_what_the_journal_misses_shows_up_at_the_periodic_full_sync(s3_url, moto
     assert reader.resolve("bert:rc") == reader.resolve("bert/step-2")
 
 
-def test_a_reader_idle_past_the_journal_retention_falls_back_to_a_full_sync(s3_url, moto_server, tmp_path,
-                                                                            monkeypatch):
+def test_a_reader_idle_past_the_journal_retention_falls_back_to_a_full_sync(s3_url, moto_server, monkeypatch,
+                                                                            other_machine):
     monkeypatch.setenv("CKPT_JOURNAL_RETENTION_SECONDS", "3")
     monkeypatch.setenv("CKPT_JOURNAL_SKEW_SECONDS", "1")
-    store = Store.init(s3_url)
-    model = make_tiny_bert()
-    store.save(model, "bert/step-1")
-    store.close()
-    _ls_cost(s3_url)
-    with monkeypatch.context() as mp:
-        _as(mp, moto_server, tmp_path, "writer")
-        writer = Store.open(s3_url)
+    model = _saved(s3_url, 1)
+    with other_machine("writer") as writer:
         writer.save(model, "bert/step-2")
         writer.tag("bert/step-1", "prod")
         writer.annotate("bert/step-1", metrics={"test_acc": 0.5})
@@ -205,7 +215,6 @@ def test_a_reader_idle_past_the_journal_retention_falls_back_to_a_full_sync(s3_u
             journal.time.sleep(0.2)
         writer.gc()  # trims every entry older than the retention: all of them
         assert _bucket_keys(moto_server, s3_url, "journal/") == []
-        writer.close()
     reader = Store.open(s3_url)
     assert [i.name for i in reader.list()] == ["bert/step-2", "bert/step-1"]
     assert reader.resolve("bert:prod") == reader.resolve("bert/step-1")
@@ -213,25 +222,13 @@ def test_a_reader_idle_past_the_journal_retention_falls_back_to_a_full_sync(s3_u
     assert reader.requests["LIST"] >= 5  # the listing sync, not the (trimmed) journal
 
 
-def test_an_entry_from_a_clock_ahead_does_not_hide_later_ones(s3_url, moto_server, tmp_path, monkeypatch):
-    store = Store.init(s3_url)
-    model = make_tiny_bert()
-    store.save(model, "bert/step-1")
-    store.save(model, "bert/step-2")
-    store.close()
-    _ls_cost(s3_url)
-    with monkeypatch.context() as mp:
-        _as(mp, moto_server, tmp_path, "ahead")
-        _skewed(mp, -3600)  # an hour ahead
-        writer = Store.open(s3_url)
+def test_an_entry_from_a_clock_ahead_does_not_hide_later_ones(s3_url, other_machine):
+    _saved(s3_url, 2)
+    with other_machine("ahead", behind=-3600) as writer:  # an hour ahead
         writer.tag("bert/step-1", "prod")
-        writer.close()
     assert Store.open(s3_url).resolve("bert:prod") == Store.open(s3_url).resolve("bert/step-1")
-    with monkeypatch.context() as mp:
-        _as(mp, moto_server, tmp_path, "right")
-        writer = Store.open(s3_url)
+    with other_machine("right") as writer:
         writer.tag("bert/step-2", "rc")
-        writer.close()
     reader = Store.open(s3_url)
     assert reader.resolve("bert:rc") == reader.resolve("bert/step-2")
     assert reader.requests["LIST"] == 1  # incremental

@@ -371,19 +371,10 @@ def test_a_renamed_checkpoint_arrives_under_its_current_name(pair):
 @pytest.fixture
 def ckpt(capsys):
     """The real CLI in-process, as conftest's `ckpt` but without its --store (sync names both stores itself)."""
-    from conftest import CliResult
-
-    from ckptstore.cli import main
+    from conftest import CliResult, run_cli
 
     def run(*args) -> CliResult:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
+        return run_cli(capsys, [str(a) for a in args])
 
     return run
 

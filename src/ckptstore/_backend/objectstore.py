@@ -26,6 +26,7 @@ from typing import Any
 
 from .._core.failpoints import failpoint
 from .._core.hashing import hash_bytes
+from ..config import env_seconds
 from ..errors import CorruptObject, InvalidArgument, StoreReadOnly
 from .blobcache import BlobCache, cache_home
 from .remote_client import RequestCounter, make_client, split_url, translate
@@ -426,22 +427,6 @@ class ObjectDocuments:
             yield meta["path"]
 
 
-def _lease_seconds() -> float:
-    raw = os.environ.get("CKPT_REMOTE_LEASE_SECONDS", "")
-    try:
-        return max(1.0, float(raw)) if raw else 60.0
-    except ValueError:
-        return 60.0
-
-
-def _gc_grace_seconds() -> float:
-    raw = os.environ.get("CKPT_REMOTE_GC_GRACE_SECONDS", "")
-    try:
-        return max(0.0, float(raw)) if raw else 3600.0
-    except ValueError:
-        return 3600.0
-
-
 class ObjectStoreBackend:
     """A store under a prefix of a bucket, reached through obstore."""
 
@@ -453,10 +438,10 @@ class ObjectStoreBackend:
         self.cache = cache or BlobCache()
         self.blobs = ObjectBlobs(self.remote, self.cache)
         self.documents = ObjectDocuments(self.remote, self._scratch)
-        self.lease_seconds = _lease_seconds()
+        self.lease_seconds = env_seconds("CKPT_REMOTE_LEASE_SECONDS", 60.0, minimum=1.0)
         # gc keeps unreferenced blobs younger than this: a save whose lease lapsed (a paused process) may still
         # reference them.
-        self.blob_grace = _gc_grace_seconds()
+        self.blob_grace = env_seconds("CKPT_REMOTE_GC_GRACE_SECONDS", 3600.0)
         self.coordination = RemoteCoordination(self.documents, ttl=self.lease_seconds, url=self.url)
         self.remote.read_only = not self.writable
 

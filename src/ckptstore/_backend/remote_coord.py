@@ -20,7 +20,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import StoreLocked
@@ -65,6 +65,20 @@ class RemoteCoordination:
     def close(self) -> None:
         self._stop.set()
 
+    @contextlib.contextmanager
+    def _held_while(self, token: str, name: str, *, is_lease: bool, release: Callable[[], object]) -> Iterator[None]:
+        """The heartbeat renews the hold `token` (of the lock `name`, or in the lease folder `name`) while the
+        caller's block runs; then it stops, and `release` gives the hold up, whatever happened in the block."""
+        with self._lock:
+            self._held[token] = (name, is_lease)
+        self._start_heartbeat()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(token, None)
+            release()
+
     # -- locks -------------------------------------------------------------------------------------------------------
     def _update(self, name: str, change, *, wait: bool) -> bool:
         """Apply `change` (holders -> new holders, or None when it cannot apply now) by compare-and-swap."""
@@ -102,15 +116,12 @@ class RemoteCoordination:
                 )
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        with self._lock:
-            self._held[token] = (name, False)
-        self._start_heartbeat()
-        try:
+
+        def release() -> None:
+            self._update(name, lambda holders: _without(holders, token), wait=False)
+
+        with self._held_while(token, name, is_lease=False, release=release):
             yield
-        finally:
-            with self._lock:
-                self._held.pop(token, None)
-            self._update(name, lambda holders: {t: h for t, h in holders.items() if t != token}, wait=False)
 
     # -- leases ------------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -118,16 +129,13 @@ class RemoteCoordination:
         token = secrets.token_hex(8)
         folder = f"leases/{key}"
         self.docs.put(f"{folder}/{token}", _deadline(self.ttl))
-        with self._lock:
-            self._held[token] = (folder, True)
-        self._start_heartbeat()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(token, None)
-            with contextlib.suppress(Exception):
+
+        def release() -> None:
+            with contextlib.suppress(Exception):  # an expired lease document is cleared by the next live_leases
                 self.docs.remove(f"{folder}/{token}")
+
+        with self._held_while(token, folder, is_lease=True, release=release):
+            yield
 
     def live_leases(self, prefix: str) -> set[str]:
         live = set()
@@ -165,3 +173,7 @@ def _renew(holders: dict, token: str, ttl: float) -> dict | None:
     if token not in holders:
         return None  # released meanwhile (or expired and cleared: the hold is lost)
     return {**holders, token: {**holders[token], "until": time.time() + ttl}}
+
+
+def _without(holders: dict, token: str) -> dict:
+    return {t: h for t, h in holders.items() if t != token}

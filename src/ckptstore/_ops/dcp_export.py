@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,11 +84,7 @@ def export_hf(repo: "Repository", ref: str, dest: Path, *, max_shard_size: int |
     try:
         _write_shards(repo, manifest, shards, prefix, dest, verify=verify)
     except BaseException:
-        if existed:
-            for p in dest.iterdir():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        else:
-            shutil.rmtree(dest, ignore_errors=True)
+        _load.take_back(dest, existed)
         raise
     return dest
 

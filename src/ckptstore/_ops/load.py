@@ -334,6 +334,16 @@ def check_destination(dest: Path) -> bool:
 _OPEN_FILES = 32
 
 
+def take_back(dest: Path, existed: bool) -> None:
+    """Remove what a failed export wrote: everything in `dest` when it was there before (export takes only an
+    empty one), else `dest` itself."""
+    if existed:
+        for child in dest.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 def export(
     blobs: Blobs,
     manifest: Manifest,
@@ -396,11 +406,7 @@ def export(
         pool.shutdown(wait=True, cancel_futures=True)
         for fd, _ in open_files:
             os.close(fd)
-        if existed:
-            for child in dest.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        else:
-            shutil.rmtree(dest, ignore_errors=True)
+        take_back(dest, existed)
         raise
     finally:
         pool.shutdown(wait=True)

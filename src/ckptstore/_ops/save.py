@@ -177,10 +177,23 @@ def save(
             repo, sources, name, tags=tags, metrics=clean_metrics, metadata=clean_metadata, parent_id=parent_id,
             message=message, step=step, on_progress=on_progress,
         )
+    report = after_commit(repo, cid, written)
+    # A newer save from another process may have pruned this one already, so report what is stored now, or else
+    # what was committed.
+    try:
+        now = repo.catalog.infos(ids=[cid])
+    except StoreFull:  # the index could not be brought up to date (a disk that filled since): still saved
+        now = []
+    if now:
+        report = SaveReport.of(now[0], report.new_bytes, report.pruned)
+    return report
+
+
+def after_commit(repo: "Repository", cid: str, written: int) -> SaveReport:
+    """Apply the run's policy to the committed checkpoint `cid`; the save's report (`written` new bytes, and the
+    checkpoints pruned). The checkpoint is stored whatever happens here: a failure is a RetentionWarning."""
     info = repo.info(cid)
     report = SaveReport.of(info, written)
-    # Committed: apply the run's policy. A newer save from another process may have pruned this one already, so
-    # report what is stored now, or else what was committed.
     try:
         pruned = retention.after_save(repo, info.run)
         if pruned is not None and pruned.executed:
@@ -190,14 +203,8 @@ def save(
             f"Saved {info.name!r}, but applying the run's retention policy failed ({exc});"
             f" run 'ckpt prune {info.run}' to apply it.",
             RetentionWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of Store.save or Store.commit_staged
         )
-    try:
-        now = repo.catalog.infos(ids=[cid])
-    except StoreFull:  # the index could not be brought up to date (a disk that filled since): still saved
-        now = []
-    if now:
-        report = SaveReport.of(now[0], report.new_bytes, report.pruned)
     return report
 
 

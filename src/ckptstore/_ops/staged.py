@@ -10,18 +10,17 @@ objects lock shared (`Repository.writing`) from before any process stages until 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._core.info import SaveReport
-from .._core.names import check_name, run_of, step_from_name
+from .._core.names import check_name, step_from_name
 from .._format.manifest import FileEntry
 from .._repo.objects import BlobWriter
-from ..errors import CorruptObject, InvalidArgument, RetentionWarning
-from . import retention
+from ..errors import CorruptObject, InvalidArgument
 from .ingest import ingest
-from .save import check_metadata, check_metrics, check_name_free, check_step, check_user_tag, collect, save_sources
+from .save import (after_commit, check_metadata, check_metrics, check_name_free, check_step, check_user_tag, collect,
+                   save_sources)
 from .space import store_full_on_enospc
 
 if TYPE_CHECKING:
@@ -109,16 +108,7 @@ def commit_staged(
                     " the commit, so that gc cannot remove staged blobs; then save again.",
                 ) from None
             raise
-    info = repo.info(cid)
-    report = SaveReport.of(info, written + staged_bytes)
-    try:
-        pruned = retention.after_save(repo, info.run)
-        if pruned is not None and pruned.executed:
-            report = SaveReport.of(info, written + staged_bytes, tuple(d.checkpoint.name for d in pruned.plan.remove))
-    except Exception as exc:  # noqa: BLE001 - the checkpoint is stored; say so rather than report a failed save
-        warnings.warn(f"Saved {info.name!r}, but applying the run's retention policy failed ({exc});"
-                      f" run 'ckpt prune {run_of(name)}' to apply it.", RetentionWarning, stacklevel=3)
-    return report
+    return after_commit(repo, cid, written + staged_bytes)
 
 
 __all__ = ["commit_staged", "stage"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +33,7 @@ from .._backend.protocols import Documents, Version
 from .._core.failpoints import failpoint
 from .._core.hashing import is_digest
 from .._core.names import run_of
+from ..config import env_seconds
 from ..errors import CheckpointNotFound, CkptError, InvalidName
 from . import annotations
 from .documents import DELETED, NAMES, TAGS, manifest_key, name_of_key
@@ -48,27 +48,19 @@ _STATE = "journal"  # the catalog meta row holding this reader's position
 _NS = 1_000_000_000
 
 
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return max(0.0, float(raw)) if raw else default
-    except ValueError:
-        return default
-
-
 def skew_seconds() -> float:
     """How far behind a writer's clock may be for its entries to be seen at once (else at the next full sync)."""
-    return _seconds("CKPT_JOURNAL_SKEW_SECONDS", 600.0)
+    return env_seconds("CKPT_JOURNAL_SKEW_SECONDS", 600.0)
 
 
 def retention_seconds() -> float:
     """How long gc keeps journal entries; a reader idle for longer does a full sync."""
-    return _seconds("CKPT_JOURNAL_RETENTION_SECONDS", 7 * 86400.0)
+    return env_seconds("CKPT_JOURNAL_RETENTION_SECONDS", 7 * 86400.0)
 
 
 def full_sync_seconds() -> float:
     """A reader does a full listing sync at least this often, whatever the journal says."""
-    return _seconds("CKPT_JOURNAL_FULL_SYNC_SECONDS", 600.0)
+    return env_seconds("CKPT_JOURNAL_FULL_SYNC_SECONDS", 600.0)
 
 
 def entry_key(changed: str, now_ns: int | None = None) -> str:

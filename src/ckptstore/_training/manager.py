@@ -12,6 +12,7 @@ So optimizer moments deduplicate like weights, load by mapping, and opening a ch
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -259,22 +260,18 @@ class CheckpointManager:
         files = training_files(step, optimizer, scheduler, extra, staging=self._staging)
         self.schedule.saved()  # the state is captured: from here on, work is at risk again
         self._saved_step = step
-        if self._saver is None or self._staging is None:
-            info = save_after(self.store, model, name, self.run, self._parent, step=step, metrics=finite,
-                              metadata=metadata, extra_files=files)
-            self._parent = info.id
-            self._after_save(self.store, info)
-            return info
-        files = {**model_files(model, self._staging), **files}
 
-        def job(store: Store) -> CheckpointInfo:
-            info = save_after(store, None, name, self.run, self._parent, step=step, metrics=finite,
+        def commit(store: Store, src: Any, files: dict[str, Any]) -> CheckpointInfo:
+            info = save_after(store, src, name, self.run, self._parent, step=step, metrics=finite,
                               metadata=metadata, extra_files=files)
             self._parent = info.id
             self._after_save(store, info)
             return info
 
-        self._saver.submit(job)
+        if self._saver is None or self._staging is None:
+            return commit(self.store, model, files)
+        staged = {**model_files(model, self._staging), **files}  # the weights too: training goes on changing them
+        self._saver.submit(lambda store: commit(store, None, staged))
         return None
 
     def should_save(self, step: int) -> bool:
@@ -335,26 +332,21 @@ class CheckpointManager:
         """The signal (SIGTERM, SIGUSR1) received since the first `step_boundary`, or None."""
         return self._signals.signum if self._signals is not None else None
 
-    def step_boundary(
-        self,
-        step: int,
-        model: torch.nn.Module,
-        optimizer: Any = None,
-        scheduler: Any = None,
-        metrics: Mapping[str, Any] | None = None,
-        extra: Any = None,
-    ) -> None:
-        """Call at the end of every step with the state as it is now. Does nothing, unless SIGTERM or SIGUSR1 came:
-        then saves `step` (unless this manager just saved it), waits until it is committed, and exits with
-        128 + the signal number (after calling the handler the process had before)."""
+    def step_boundary(self, step: int, model: torch.nn.Module, *state: Any, **named: Any) -> None:
+        """Call at the end of every step with the state as it is now, given as to `save` (model, optimizer,
+        scheduler, metrics, extra). Does nothing, unless SIGTERM or SIGUSR1 came: then saves `step` (unless this
+        manager just saved it), waits until it is committed, and exits with 128 + the signal number (after calling
+        the handler the process had before)."""
         if self._signals is None:
             return
         if not self._signals.installed:
+            # The arguments are used only once a signal comes: one `save` would not take fails now, not then.
+            inspect.signature(self.save).bind(step, model, *state, **named)
             self._signals.install()
         if self._signals.signum is None:
             return
         if self._saved_step != step:
-            self.save(step, model, optimizer, scheduler, metrics=metrics, extra=extra)
+            self.save(step, model, *state, **named)
         self.close()  # waits for the commit (an async save too); its error, if any, propagates instead of exiting
         log.warning("Checkpoint of step %d committed after signal %d; exiting", step, self._signals.signum)
         self._signals.exit()

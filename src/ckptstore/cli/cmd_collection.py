@@ -26,8 +26,14 @@ def collection() -> None:
     """
 
 
-def _sub(name: str):
+def _sub(name: str, *, of_one: bool = True):
+    """A `ckpt collection` sub-command taking --json and, when it acts on one collection (`of_one`), its NAME
+    before any other argument."""
+
     def wrap(f):
+        f = json_option(f)
+        if of_one:
+            f = click.argument("name")(f)
         cmd = command(name)(f)
         collection.add_command(cmd)
         return cmd
@@ -36,9 +42,7 @@ def _sub(name: str):
 
 
 @_sub("create")
-@click.argument("name")
 @click.option("-m", "--message", "description", help="What the collection is for.")
-@json_option
 def create(name: str, description: str | None, as_json: bool, store_path: str | None) -> None:
     """Create an empty collection NAME (letters, digits, '.', '_', '-').
 
@@ -55,10 +59,8 @@ def create(name: str, description: str | None, as_json: bool, store_path: str | 
 
 
 @_sub("add")
-@click.argument("name")
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 @click.option("--note", help="A note kept with the checkpoint in this collection (replaces the one it has).")
-@json_option
 def add(name: str, refs: tuple[str, ...], note: str | None, as_json: bool, store_path: str | None) -> None:
     """Append checkpoints to collection NAME, in the order given (one already there keeps its place).
 
@@ -87,9 +89,7 @@ def add(name: str, refs: tuple[str, ...], note: str | None, as_json: bool, store
 
 
 @_sub("rm")
-@click.argument("name")
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
-@json_option
 def rm(name: str, refs: tuple[str, ...], as_json: bool, store_path: str | None) -> None:
     """Take checkpoints out of collection NAME (the checkpoints stay; prune may remove them later).
 
@@ -113,8 +113,6 @@ def rm(name: str, refs: tuple[str, ...], as_json: bool, store_path: str | None) 
 
 
 @_sub("delete")
-@click.argument("name")
-@json_option
 def delete(name: str, as_json: bool, store_path: str | None) -> None:
     """Delete collection NAME. Its checkpoints stay in the store; retention no longer keeps them for it.
 
@@ -130,8 +128,7 @@ def delete(name: str, as_json: bool, store_path: str | None) -> None:
     err.print(f"Deleted collection {col.name} ({counted(len(col.items), 'checkpoint')} left in the store)")
 
 
-@_sub("ls")
-@json_option
+@_sub("ls", of_one=False)
 def ls(as_json: bool, store_path: str | None) -> None:
     """List the collections: name, checkpoints, created, description.
 
@@ -155,8 +152,6 @@ def ls(as_json: bool, store_path: str | None) -> None:
 
 
 @_sub("show")
-@click.argument("name")
-@json_option
 def show(name: str, as_json: bool, store_path: str | None) -> None:
     """Show collection NAME: its checkpoints in order, with their ids, notes, and those no longer stored.
 
