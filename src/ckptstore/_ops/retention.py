@@ -150,9 +150,10 @@ def after_save(repo: "Repository", run: str) -> PruneResult | None:
     return None
 
 
-def update_tags_locked(repo: "Repository", runs: Iterable[str]) -> None:
+def update_tags_locked(repo: "Repository", runs: Iterable[str], *, synced: bool = False) -> None:
     """Move the latest/best tags of `runs` to what their checkpoints say now: every commit of a checkpoint (save,
-    import, convert) and every delete does it. The caller holds the objects (shared) and commit locks."""
+    import, convert) and every delete does it. The caller holds the objects (shared) and commit locks; `synced`:
+    its catalog already shows every change it made under them (a save's commit), so no sync is needed first."""
     for run in sorted(set(runs)):
         try:
             settings = read_settings(repo, run) or RunSettings()
@@ -160,12 +161,13 @@ def update_tags_locked(repo: "Repository", runs: Iterable[str]) -> None:
             # Unreadable settings must not fail the commit of a checkpoint; applying the policy after the save
             # reports them (RetentionWarning). Meanwhile best follows the default metric.
             settings = RunSettings()
-        _update_tags(repo, run, settings)
+        _update_tags(repo, run, settings, synced=synced)
 
 
-def _update_tags(repo: "Repository", run: str, settings: RunSettings) -> None:
+def _update_tags(repo: "Repository", run: str, settings: RunSettings, *, synced: bool = False) -> None:
     """Point RUN:latest at the latest checkpoint and RUN:best at the best one; caller holds the commit lock."""
-    repo.sync()
+    if not synced:
+        repo.sync()
     metric, mode = settings.best
     infos = repo.catalog.tag_facts(run, metric)  # an index query: this runs after every save
     latest = latest_of(infos)
@@ -173,7 +175,6 @@ def _update_tags(repo: "Repository", run: str, settings: RunSettings) -> None:
         "latest": latest.id if latest is not None else None,
         "best": next((c.id for c in BestN(1, metric, mode).ranked(infos)), None),  # type: ignore[arg-type]
     }
-    changed = False
     for tag, cid in wanted.items():
         current = repo.refs.get(run, tag)
         if cid == current:
@@ -182,6 +183,5 @@ def _update_tags(repo: "Repository", run: str, settings: RunSettings) -> None:
             repo.refs.remove(run, tag)
         else:
             repo.refs.set(run, tag, cid)
-        changed = True
-    if changed:
-        repo.sync()
+        # The commit lock keeps every other writer out: the index needs this row, not a sync of the whole store.
+        repo.catalog.set_tag(run, tag, cid)

@@ -348,11 +348,13 @@ def commit(repo: "Repository", manifest: Manifest, tags: Iterable[str]) -> str:
                 previous[tag] = repo.refs.get(manifest.run, tag)
                 repo.refs.set(manifest.run, tag, cid)
             repo.catalog.add_many([(cid, manifest)])
+            for tag in tags:
+                repo.catalog.set_tag(manifest.run, tag, cid)
             # The run's latest and best move as part of the commit: a save whose latest could not move would
-            # leave a resume from RUN:latest on an older step.
+            # leave a resume from RUN:latest on an older step. The catalog was synced above and has been told every
+            # change since (the commit lock keeps other writers out), so no further sync: each lists the store.
             previous.update({t: repo.refs.get(manifest.run, t) for t in RESERVED_TAGS})
-            retention.update_tags_locked(repo, [manifest.run])
-            repo.sync()
+            retention.update_tags_locked(repo, [manifest.run], synced=True)
         except BaseException:
             # A save that raises must leave nothing behind: its caller retries under the same name (and would
             # meet NameExists) and believes its tags did not move.
@@ -383,6 +385,7 @@ def _undo(repo: "Repository", cid: str, manifest: Manifest, previous: Mapping[st
                 repo.refs.remove(manifest.run, tag)
             else:
                 repo.refs.set(manifest.run, tag, old)
+            repo.catalog.set_tag(manifest.run, tag, old)
         repo.catalog.remove_many([cid])
         repo.release(manifest.name)
         repo.remove_manifest(cid)

@@ -233,6 +233,16 @@ class Catalog:
                 "INSERT INTO tags (run, tag, id) VALUES (?,?,?)", [(r, t, i) for (r, t), i in tags.items()]
             )
 
+    def set_tag(self, run: str, tag: str, cid: str | None) -> None:
+        """Index one tag as its document now says (None: removed), for a writer that just wrote that document
+        under the commit lock: one row, where a sync would list and read every tag of the store."""
+        failpoint("index.tags")
+        with self._tx():
+            if cid is None:
+                self.db.execute("DELETE FROM tags WHERE run = ? AND tag = ?", (run, tag))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO tags (run, tag, id) VALUES (?,?,?)", (run, tag, cid))
+
     def annotation_stamps(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT id, stamp FROM annotations").fetchall())
 
