@@ -16,7 +16,6 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from .._core.info import SaveReport
 from .._core.names import RESERVED_TAGS, check_name, check_tag, run_of, step_from_name
 from .._format.manifest import FileEntry, Manifest, manifest_id
 from .._format.modelconfig import config_facts
-from .._repo.objects import BlobWriter, read_blob
+from .._repo.objects import BlobWriter, missing_blobs, read_blob
 from ..errors import CkptError, CorruptObject, InvalidArgument, NameExists, RetentionWarning, StoreFull
 from . import retention
 from .ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
@@ -237,17 +236,6 @@ def collect(src: Any, tokenizer: Any, extra_files: Mapping[str, Any] | None, max
     return sources
 
 
-def _missing(repo: "Repository", digests: list[str]) -> list[str]:
-    """The blobs of `digests` the store does not hold. On a remote store each is a HEAD request, and a staged save
-    carries over every rank's blobs: each blob is asked once, side by side, not one request after another."""
-    unique = list(dict.fromkeys(digests))
-    if len(unique) < 2:
-        return [d for d in unique if repo.blobs.size(d) is None]
-    with ThreadPoolExecutor(max_workers=min(16, len(unique)), thread_name_prefix="ckpt-check") as pool:
-        sizes = list(pool.map(repo.blobs.size, unique))
-    return [d for d, size in zip(unique, sizes) if size is None]
-
-
 def save_sources(
     repo: "Repository",
     sources: list[SourceFile],
@@ -271,7 +259,7 @@ def save_sources(
     with repo.writing(), store_full_on_enospc(repo.url, run_of(name)):
         check_room(repo, sum(s.size for s in sources), run_of(name))
         # Under the writing lock gc cannot run, so a blob found here stays until the manifest references it.
-        missing = _missing(repo, [b.digest for f in kept for b in f.blobs])
+        missing = missing_blobs(repo.blobs, [b.digest for f in kept for b in f.blobs])
         if missing:
             raise CorruptObject(f"Blob {missing[0][:12]} to carry over is missing from the store.", digest=missing[0])
         writer = BlobWriter(repo.blobs)
