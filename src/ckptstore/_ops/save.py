@@ -309,11 +309,9 @@ def save_sources(
 def known_blobs(repo: "Repository", run: str, parent_id: str | None) -> set[str]:
     """Blobs of the run's newest checkpoint (and of the parent): committed, so stored, and kept by gc while this
     save holds the objects lock. A remote store skips its existence check (a request each) for them."""
-    ids = [parent_id] if parent_id else []
-    newest = repo.catalog.infos(run=run)[:1] if run in repo.catalog.runs() else []
-    ids += [info.id for info in newest]
+    ids = [parent_id, repo.catalog.newest_id(run)]
     out: set[str] = set()
-    for cid in dict.fromkeys(ids):
+    for cid in dict.fromkeys(i for i in ids if i):
         try:
             out.update(repo.read_manifest(cid).blob_refs())
         except CkptError:

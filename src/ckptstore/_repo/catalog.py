@@ -324,6 +324,13 @@ class Catalog:
         out.sort(key=lambda c: (c.created_at, c.step if c.step is not None else -1, c.name), reverse=True)
         return out
 
+    def newest_id(self, run: str) -> str | None:
+        """The id of the run's newest checkpoint, as `infos` orders them, without reading the run's rows."""
+        row = self.db.execute(
+            "SELECT id FROM checkpoints WHERE run = ? ORDER BY created_at DESC, coalesce(step, -1) DESC, name DESC"
+            " LIMIT 1", (run,)).fetchone()
+        return row[0] if row else None
+
     def run_ids(self, run: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM checkpoints WHERE run = ?", (run,))}
 
