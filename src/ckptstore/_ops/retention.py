@@ -103,31 +103,27 @@ def register_run(repo: "Repository", run: str, *, metric: str | None = None, mod
 # -- acting on a plan ------------------------------------------------------------------------------------------
 
 
-def _check_run_exists(repo: "Repository", run: str) -> None:
-    with repo.commit_lock():  # another process may have saved into the run or removed it since
-        repo.sync()
-    repo.check_run(run)
-
-
 def prune(
     repo: "Repository", run: str, policy: RetentionPolicy | None = None, *, dry_run: bool = False
 ) -> PruneResult:
     """Apply `policy` (default: the run's stored policy) to `run`: remove what it does not keep, then move the
     run's tags. With `dry_run`, only plan."""
     check_run(run)
-    _check_run_exists(repo, run)
-    settings = read_settings(repo, run) or RunSettings()
-    if policy is None:
-        policy = settings.policy
-        if policy is None:
-            raise PolicyError(
-                f"Run {run!r} has no retention policy.",
-                hint=f"Give one ('ckpt prune {run} --keep-last 3') or set it ('ckpt policy {run} --keep-last 3').",
-            )
     # objects (shared) then commit: the order every save takes them in. Holding objects keeps gc from running in
     # the middle, which would otherwise race with the tag and settings files written here.
     with repo.writing(), repo.commit_lock():
+        # One sync, under the locks: another process may have saved into the run or removed it since, and from
+        # here on only this prune changes it (a save's policy runs this after every save).
         repo.sync()
+        repo.check_run(run)
+        settings = read_settings(repo, run) or RunSettings()
+        if policy is None:
+            policy = settings.policy
+            if policy is None:
+                raise PolicyError(
+                    f"Run {run!r} has no retention policy.",
+                    hint=f"Give one ('ckpt prune {run} --keep-last 3') or set it ('ckpt policy {run} --keep-last 3').",
+                )
         plan = policy.plan(repo.catalog.infos(run=run), protected_ids=leases.in_use(repo), run_best=settings.best,
                            pinned=collections.pins(repo))
         ids = [d.checkpoint.id for d in plan.remove]
@@ -136,8 +132,8 @@ def prune(
             if ids:
                 from .delete import remove_locked  # delete moves tags through this module
 
-                remove_locked(repo, ids)
-            _update_tags(repo, run, settings)
+                remove_locked(repo, ids)  # syncs the catalog after its removals
+            _update_tags(repo, run, settings, synced=True)
     return PruneResult(run, policy, plan, not dry_run, reclaimable)
 
 
