@@ -393,9 +393,11 @@ class Catalog:
         return int(row[0])
 
     def blob_refcount(self, digests: Iterable[str]) -> dict[str, int]:
-        out = {}
-        for d in digests:
-            out[d] = self.db.execute("SELECT count(*) FROM blob_refs WHERE digest = ?", (d,)).fetchone()[0]
+        """digest -> how many checkpoints reference it: one query for all (a checkpoint has hundreds of blobs)."""
+        out = dict.fromkeys(digests, 0)
+        out.update(self.db.execute(
+            "SELECT digest, count(*) FROM blob_refs WHERE digest IN (SELECT value FROM json_each(?)) GROUP BY digest",
+            (json.dumps(list(out)),)).fetchall())
         return out
 
     # -- a run's storage history (the web view) ----------------------------------------------------------------
