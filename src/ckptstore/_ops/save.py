@@ -321,11 +321,12 @@ def known_blobs(repo: "Repository", run: str, parent_id: str | None) -> set[str]
 
 def commit(repo: "Repository", manifest: Manifest, tags: Iterable[str]) -> str:
     """Write the manifest, claim its name, move its tags and index it, as one step under the commit lock."""
-    cid = manifest_id(manifest.to_bytes())
+    data = manifest.to_bytes()
+    cid = manifest_id(data)
     with repo.commit_lock():
         repo.sync()
         check_name_free(repo, manifest.name)
-        repo.write_manifest(manifest)
+        repo.write_manifest(manifest, data)
         if not repo.claim(manifest.name, cid) and not _reclaim(repo, manifest.name, cid):
             raise NameExists(manifest.name)
         previous: dict[str, str | None] = {}
