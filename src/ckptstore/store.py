@@ -571,6 +571,8 @@ class Store:
         from .errors import RetentionWarning
 
         try:
+            if _pack_select.get_storage(self._repo, run) is None:
+                return  # most runs: one read of the run's settings says there is nothing to slim or pack
             _slim.slim(self._repo, run)  # before packing: never encode what is about to be dropped
             proc = _pack_select.start_background_pack(self._repo, run)
         except Exception as exc:  # noqa: BLE001

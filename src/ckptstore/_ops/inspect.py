@@ -80,8 +80,9 @@ def lineage_chain(repo: "Repository", ref: str) -> list[dict[str, Any]]:
     return chain
 
 
-def show_details(repo: "Repository", ref: str) -> dict[str, Any]:
-    manifest = repo.manifest(ref)
+def show_details(repo: "Repository", ref: str, manifest: "Manifest | None" = None) -> dict[str, Any]:
+    """`manifest`: the checkpoint's, when the caller has read it already."""
+    manifest = repo.manifest(ref) if manifest is None else manifest
     parameters, dtypes = count_parameters(manifest)
     return {
         # Counted from the tensors rather than read from the manifest's facts: stores written before buffers were
@@ -105,7 +106,7 @@ def describe(repo: "Repository", ref: str) -> dict[str, Any]:
     manifest = repo.manifest(cid)
     blobs = manifest.blob_refs()
     refs = repo.catalog.blob_refcount(blobs)
-    inside = show_details(repo, cid)
+    inside = show_details(repo, cid, manifest)
     lineage_names = [c["name"] or f"{c['id'][:12]} (deleted)" for c in inside["lineage_chain"][1:]]
     return {
         **info.to_json(),

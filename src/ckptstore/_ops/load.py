@@ -288,30 +288,27 @@ def _export_blob(
     and every kind of damage is reported naming the checkpoint and the file, as `ckpt verify` would."""
     damaged = f"Checkpoint {ckpt!r} is damaged: blob {blob.digest[:12]} of {file}"
     path = blobs.local_path(blob.digest)
-    if path is not None and not verify:
+    raw = False  # stored at its raw size in a local file: neither decoded nor asked its size again
+    if path is not None:
         try:
-            stored = os.stat(path).st_size
+            raw = os.stat(path).st_size == blob.size
         except FileNotFoundError:
             raise CorruptObject(f"{damaged} is missing.", digest=blob.digest, path=file) from None
-        if stored == blob.size:  # raw: a kernel copy; a packed blob is shorter and is decoded below
+        if raw and not verify:  # a kernel copy; a packed blob is shorter and is decoded below
             copy_into(fd, path, blob.size, offset)
             return
-        path = None
-    # Packed: decoded once into the local blob cache (hashed there when `verify`), then a kernel copy from it.
-    decoded_path = getattr(blobs, "decoded_path", None)
-    if (decoded_path is not None and (path is None or blobs.stored_size(blob.digest) not in (None, blob.size))
-            and (decoded := decoded_path(blob.digest, blob.size, verify=verify)) is not None):
-        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile by another process: decoded below
-            copy_into(fd, decoded, blob.size, offset)
-            return
-    size = blobs.size(blob.digest)
-    if size is None:
-        raise CorruptObject(f"{damaged} is missing.", digest=blob.digest, path=file)
-    if size != blob.size:
-        raise CorruptObject(f"{damaged} has {size} bytes, expected {blob.size}.", digest=blob.digest, path=file)
-    if path is not None and not verify:
-        copy_into(fd, path, blob.size, offset)
-        return
+    if not raw:
+        # Packed: decoded once into the local blob cache (hashed there when `verify`), then a kernel copy from it.
+        decoded_path = getattr(blobs, "decoded_path", None)
+        if decoded_path is not None and (decoded := decoded_path(blob.digest, blob.size, verify=verify)) is not None:
+            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile by another process: decoded below
+                copy_into(fd, decoded, blob.size, offset)
+                return
+        size = blobs.size(blob.digest)
+        if size is None:
+            raise CorruptObject(f"{damaged} is missing.", digest=blob.digest, path=file)
+        if size != blob.size:
+            raise CorruptObject(f"{damaged} has {size} bytes, expected {blob.size}.", digest=blob.digest, path=file)
     data = blobs.read(blob.digest)
     if len(data) != blob.size:
         raise CorruptObject(f"{damaged} has {len(data)} bytes, expected {blob.size}.", digest=blob.digest, path=file)

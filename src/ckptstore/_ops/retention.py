@@ -103,31 +103,27 @@ def register_run(repo: "Repository", run: str, *, metric: str | None = None, mod
 # -- acting on a plan ------------------------------------------------------------------------------------------
 
 
-def _check_run_exists(repo: "Repository", run: str) -> None:
-    with repo.commit_lock():  # another process may have saved into the run or removed it since
-        repo.sync()
-    repo.check_run(run)
-
-
 def prune(
     repo: "Repository", run: str, policy: RetentionPolicy | None = None, *, dry_run: bool = False
 ) -> PruneResult:
     """Apply `policy` (default: the run's stored policy) to `run`: remove what it does not keep, then move the
     run's tags. With `dry_run`, only plan."""
     check_run(run)
-    _check_run_exists(repo, run)
-    settings = read_settings(repo, run) or RunSettings()
-    if policy is None:
-        policy = settings.policy
-        if policy is None:
-            raise PolicyError(
-                f"Run {run!r} has no retention policy.",
-                hint=f"Give one ('ckpt prune {run} --keep-last 3') or set it ('ckpt policy {run} --keep-last 3').",
-            )
     # objects (shared) then commit: the order every save takes them in. Holding objects keeps gc from running in
     # the middle, which would otherwise race with the tag and settings files written here.
     with repo.writing(), repo.commit_lock():
+        # One sync, under the locks: another process may have saved into the run or removed it since, and from
+        # here on only this prune changes it (a save's policy runs this after every save).
         repo.sync()
+        repo.check_run(run)
+        settings = read_settings(repo, run) or RunSettings()
+        if policy is None:
+            policy = settings.policy
+            if policy is None:
+                raise PolicyError(
+                    f"Run {run!r} has no retention policy.",
+                    hint=f"Give one ('ckpt prune {run} --keep-last 3') or set it ('ckpt policy {run} --keep-last 3').",
+                )
         plan = policy.plan(repo.catalog.infos(run=run), protected_ids=leases.in_use(repo), run_best=settings.best,
                            pinned=collections.pins(repo))
         ids = [d.checkpoint.id for d in plan.remove]
@@ -136,8 +132,8 @@ def prune(
             if ids:
                 from .delete import remove_locked  # delete moves tags through this module
 
-                remove_locked(repo, ids)
-            _update_tags(repo, run, settings)
+                remove_locked(repo, ids)  # syncs the catalog after its removals
+            _update_tags(repo, run, settings, synced=True)
     return PruneResult(run, policy, plan, not dry_run, reclaimable)
 
 
@@ -150,9 +146,10 @@ def after_save(repo: "Repository", run: str) -> PruneResult | None:
     return None
 
 
-def update_tags_locked(repo: "Repository", runs: Iterable[str]) -> None:
+def update_tags_locked(repo: "Repository", runs: Iterable[str], *, synced: bool = False) -> None:
     """Move the latest/best tags of `runs` to what their checkpoints say now: every commit of a checkpoint (save,
-    import, convert) and every delete does it. The caller holds the objects (shared) and commit locks."""
+    import, convert) and every delete does it. The caller holds the objects (shared) and commit locks; `synced`:
+    its catalog already shows every change it made under them (a save's commit), so no sync is needed first."""
     for run in sorted(set(runs)):
         try:
             settings = read_settings(repo, run) or RunSettings()
@@ -160,12 +157,13 @@ def update_tags_locked(repo: "Repository", runs: Iterable[str]) -> None:
             # Unreadable settings must not fail the commit of a checkpoint; applying the policy after the save
             # reports them (RetentionWarning). Meanwhile best follows the default metric.
             settings = RunSettings()
-        _update_tags(repo, run, settings)
+        _update_tags(repo, run, settings, synced=synced)
 
 
-def _update_tags(repo: "Repository", run: str, settings: RunSettings) -> None:
+def _update_tags(repo: "Repository", run: str, settings: RunSettings, *, synced: bool = False) -> None:
     """Point RUN:latest at the latest checkpoint and RUN:best at the best one; caller holds the commit lock."""
-    repo.sync()
+    if not synced:
+        repo.sync()
     metric, mode = settings.best
     infos = repo.catalog.tag_facts(run, metric)  # an index query: this runs after every save
     latest = latest_of(infos)
@@ -173,7 +171,6 @@ def _update_tags(repo: "Repository", run: str, settings: RunSettings) -> None:
         "latest": latest.id if latest is not None else None,
         "best": next((c.id for c in BestN(1, metric, mode).ranked(infos)), None),  # type: ignore[arg-type]
     }
-    changed = False
     for tag, cid in wanted.items():
         current = repo.refs.get(run, tag)
         if cid == current:
@@ -182,6 +179,5 @@ def _update_tags(repo: "Repository", run: str, settings: RunSettings) -> None:
             repo.refs.remove(run, tag)
         else:
             repo.refs.set(run, tag, cid)
-        changed = True
-    if changed:
-        repo.sync()
+        # The commit lock keeps every other writer out: the index needs this row, not a sync of the whole store.
+        repo.catalog.set_tag(run, tag, cid)

@@ -16,7 +16,6 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from .._core.info import SaveReport
 from .._core.names import RESERVED_TAGS, check_name, check_tag, run_of, step_from_name
 from .._format.manifest import FileEntry, Manifest, manifest_id
 from .._format.modelconfig import config_facts
-from .._repo.objects import BlobWriter, read_blob
+from .._repo.objects import BlobWriter, missing_blobs, read_blob
 from ..errors import CkptError, CorruptObject, InvalidArgument, NameExists, RetentionWarning, StoreFull
 from . import retention
 from .ingest import SourceFile, bytes_source, check_folder, folder_sources, ingest
@@ -244,17 +243,6 @@ def collect(src: Any, tokenizer: Any, extra_files: Mapping[str, Any] | None, max
     return sources
 
 
-def _missing(repo: "Repository", digests: list[str]) -> list[str]:
-    """The blobs of `digests` the store does not hold. On a remote store each is a HEAD request, and a staged save
-    carries over every rank's blobs: each blob is asked once, side by side, not one request after another."""
-    unique = list(dict.fromkeys(digests))
-    if len(unique) < 2:
-        return [d for d in unique if repo.blobs.size(d) is None]
-    with ThreadPoolExecutor(max_workers=min(16, len(unique)), thread_name_prefix="ckpt-check") as pool:
-        sizes = list(pool.map(repo.blobs.size, unique))
-    return [d for d, size in zip(unique, sizes) if size is None]
-
-
 def save_sources(
     repo: "Repository",
     sources: list[SourceFile],
@@ -278,7 +266,7 @@ def save_sources(
     with repo.writing(), store_full_on_enospc(repo.url, run_of(name)):
         check_room(repo, sum(s.size for s in sources), run_of(name))
         # Under the writing lock gc cannot run, so a blob found here stays until the manifest references it.
-        missing = _missing(repo, [b.digest for f in kept for b in f.blobs])
+        missing = missing_blobs(repo.blobs, [b.digest for f in kept for b in f.blobs])
         if missing:
             raise CorruptObject(f"Blob {missing[0][:12]} to carry over is missing from the store.", digest=missing[0])
         writer = BlobWriter(repo.blobs)
@@ -328,11 +316,9 @@ def save_sources(
 def known_blobs(repo: "Repository", run: str, parent_id: str | None) -> set[str]:
     """Blobs of the run's newest checkpoint (and of the parent): committed, so stored, and kept by gc while this
     save holds the objects lock. A remote store skips its existence check (a request each) for them."""
-    ids = [parent_id] if parent_id else []
-    newest = repo.catalog.infos(run=run)[:1] if run in repo.catalog.runs() else []
-    ids += [info.id for info in newest]
+    ids = [parent_id, repo.catalog.newest_id(run)]
     out: set[str] = set()
-    for cid in dict.fromkeys(ids):
+    for cid in dict.fromkeys(i for i in ids if i):
         try:
             out.update(repo.read_manifest(cid).blob_refs())
         except CkptError:
@@ -342,11 +328,12 @@ def known_blobs(repo: "Repository", run: str, parent_id: str | None) -> set[str]
 
 def commit(repo: "Repository", manifest: Manifest, tags: Iterable[str]) -> str:
     """Write the manifest, claim its name, move its tags and index it, as one step under the commit lock."""
-    cid = manifest_id(manifest.to_bytes())
+    data = manifest.to_bytes()
+    cid = manifest_id(data)
     with repo.commit_lock():
         repo.sync()
         check_name_free(repo, manifest.name)
-        repo.write_manifest(manifest)
+        repo.write_manifest(manifest, data)
         if not repo.claim(manifest.name, cid) and not _reclaim(repo, manifest.name, cid):
             raise NameExists(manifest.name)
         previous: dict[str, str | None] = {}
@@ -355,11 +342,13 @@ def commit(repo: "Repository", manifest: Manifest, tags: Iterable[str]) -> str:
                 previous[tag] = repo.refs.get(manifest.run, tag)
                 repo.refs.set(manifest.run, tag, cid)
             repo.catalog.add_many([(cid, manifest)])
+            for tag in tags:
+                repo.catalog.set_tag(manifest.run, tag, cid)
             # The run's latest and best move as part of the commit: a save whose latest could not move would
-            # leave a resume from RUN:latest on an older step.
+            # leave a resume from RUN:latest on an older step. The catalog was synced above and has been told every
+            # change since (the commit lock keeps other writers out), so no further sync: each lists the store.
             previous.update({t: repo.refs.get(manifest.run, t) for t in RESERVED_TAGS})
-            retention.update_tags_locked(repo, [manifest.run])
-            repo.sync()
+            retention.update_tags_locked(repo, [manifest.run], synced=True)
         except BaseException:
             # A save that raises must leave nothing behind: its caller retries under the same name (and would
             # meet NameExists) and believes its tags did not move.
@@ -390,6 +379,7 @@ def _undo(repo: "Repository", cid: str, manifest: Manifest, previous: Mapping[st
                 repo.refs.remove(manifest.run, tag)
             else:
                 repo.refs.set(manifest.run, tag, old)
+            repo.catalog.set_tag(manifest.run, tag, old)
         repo.catalog.remove_many([cid])
         repo.release(manifest.name)
         repo.remove_manifest(cid)

@@ -36,6 +36,7 @@ from .._format.manifest import Manifest
 from .._format.settings import RunSettings
 from .._repo import annotations, leases
 from .._repo.documents import manifest_key, settings_key, upsert
+from .._repo.objects import missing_blobs
 from ..errors import (CheckpointNotFound, CorruptObject, InvalidArgument, NameExists, PolicyError, RetentionWarning,
                       StoreReadOnly, SyncConflict)
 from . import retention
@@ -222,7 +223,7 @@ def sync(
             continue
         needed = manifest.blob_refs()
         if dry_run:
-            missing = {d: s for d, s in needed.items() if d not in scheduled and dst.blobs.size(d) is None}
+            missing = {d: needed[d] for d in missing_blobs(dst.blobs, [d for d in needed if d not in scheduled])}
             scheduled.update(missing)
             out["copied"].append(SyncedCheckpoint(info.name, info.id, len(missing), sum(missing.values())))
             _count(counts, needed, missing)
@@ -352,7 +353,7 @@ def _copy_one(src: "Repository", dst: "Repository", info: CheckpointInfo, raw: b
                                                                             run=run_of(info.name))
     with dst.writing(), store_full_on_enospc(dst.url, info.run):
         # Under the writing lock gc cannot run at the destination, so a blob found there stays until the claim.
-        missing = {d: s for d, s in needed.items() if dst.blobs.size(d) is None}
+        missing = {d: needed[d] for d in missing_blobs(dst.blobs, needed)}
         check_room(dst, sum(missing.values()), info.run)
         sent = _transfer(src, dst, missing, lambda d: f"{info.name} ({files.get(d, '?')})", threads, on_progress)
         failpoint("sync.commit")

@@ -233,6 +233,16 @@ class Catalog:
                 "INSERT INTO tags (run, tag, id) VALUES (?,?,?)", [(r, t, i) for (r, t), i in tags.items()]
             )
 
+    def set_tag(self, run: str, tag: str, cid: str | None) -> None:
+        """Index one tag as its document now says (None: removed), for a writer that just wrote that document
+        under the commit lock: one row, where a sync would list and read every tag of the store."""
+        failpoint("index.tags")
+        with self._tx():
+            if cid is None:
+                self.db.execute("DELETE FROM tags WHERE run = ? AND tag = ?", (run, tag))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO tags (run, tag, id) VALUES (?,?,?)", (run, tag, cid))
+
     def annotation_stamps(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT id, stamp FROM annotations").fetchall())
 
@@ -281,21 +291,24 @@ class Catalog:
         return [r[0] for r in self.db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run")]
 
     def infos(self, *, run: str | None = None, ids: Iterable[str] | None = None) -> list[CheckpointInfo]:
-        sql = f"SELECT {_COLUMNS} FROM checkpoints"
-        args: list = []
+        # Filtered in SQL: a save asks for its one checkpoint, and reading every row of a large store for it cost
+        # a scan per save. The ids go as one JSON array, so that no list is too long for SQLite's variables.
+        where, args = [], []
         if run is not None:
-            sql += " WHERE run = ?"
+            where.append("run = ?")
             args.append(run)
-        rows = self.db.execute(sql, args).fetchall()
         if ids is not None:
-            wanted = set(ids)
-            rows = [r for r in rows if r[0] in wanted]
+            where.append("id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(ids)))
+        cond = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM checkpoints{cond}", args).fetchall()
         tags: dict[str, list[str]] = {}
         for (_run, tag), cid in sorted(self.tags().items()):
             tags.setdefault(cid, []).append(tag)
         # Annotations override or extend what the manifest saved (see _annotations).
-        notes = {r[0]: (json.loads(r[1]), json.loads(r[2]), r[3])
-                 for r in self.db.execute("SELECT id, metrics, metadata, message FROM annotations")}
+        notes = {r[0]: (json.loads(r[1]), json.loads(r[2]), r[3]) for r in self.db.execute(
+            "SELECT id, metrics, metadata, message FROM annotations"
+            + (f" WHERE id IN (SELECT id FROM checkpoints{cond})" if cond else ""), args)}
         none: tuple[dict, dict, str | None] = ({}, {}, None)
         out = [
             CheckpointInfo(
@@ -310,6 +323,13 @@ class Catalog:
         # Newest first: by creation time, then numerically by step (never lexically by name).
         out.sort(key=lambda c: (c.created_at, c.step if c.step is not None else -1, c.name), reverse=True)
         return out
+
+    def newest_id(self, run: str) -> str | None:
+        """The id of the run's newest checkpoint, as `infos` orders them, without reading the run's rows."""
+        row = self.db.execute(
+            "SELECT id FROM checkpoints WHERE run = ? ORDER BY created_at DESC, coalesce(step, -1) DESC, name DESC"
+            " LIMIT 1", (run,)).fetchone()
+        return row[0] if row else None
 
     def run_ids(self, run: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM checkpoints WHERE run = ?", (run,))}
@@ -373,9 +393,11 @@ class Catalog:
         return int(row[0])
 
     def blob_refcount(self, digests: Iterable[str]) -> dict[str, int]:
-        out = {}
-        for d in digests:
-            out[d] = self.db.execute("SELECT count(*) FROM blob_refs WHERE digest = ?", (d,)).fetchone()[0]
+        """digest -> how many checkpoints reference it: one query for all (a checkpoint has hundreds of blobs)."""
+        out = dict.fromkeys(digests, 0)
+        out.update(self.db.execute(
+            "SELECT digest, count(*) FROM blob_refs WHERE digest IN (SELECT value FROM json_each(?)) GROUP BY digest",
+            (json.dumps(list(out)),)).fetchall())
         return out
 
     # -- a run's storage history (the web view) ----------------------------------------------------------------

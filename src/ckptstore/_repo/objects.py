@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import blake3
@@ -100,6 +101,19 @@ class BlobWriter:
     @property
     def published_bytes(self) -> int:
         return sum(size for _, size in self._session.published)
+
+
+def missing_blobs(blobs: Blobs, digests: Iterable[str]) -> list[str]:
+    """The blobs of `digests` the store does not hold, each asked once. Existence is the stored object's size (a
+    packed blob's header is not read for it). On a remote store each is a HEAD request: asked side by side, not
+    one after another (a save carrying over blobs, a sync sending a checkpoint's)."""
+    unique = list(dict.fromkeys(digests))
+    size = getattr(blobs, "stored_size", blobs.size)
+    if len(unique) < 2:
+        return [d for d in unique if size(d) is None]
+    with ThreadPoolExecutor(max_workers=min(16, len(unique)), thread_name_prefix="ckpt-check") as pool:
+        sizes = list(pool.map(size, unique))
+    return [d for d, got in zip(unique, sizes) if got is None]
 
 
 def read_blob(blobs: Blobs, digest: str, *, verify: bool = True) -> bytes:

@@ -121,9 +121,10 @@ class Repository:
             raise CheckpointNotFound(cid)
         return Manifest.from_bytes(got[0], expected_id=cid)
 
-    def write_manifest(self, manifest: Manifest) -> str:
-        """Store the manifest (immutable: a second write of the same bytes is a no-op). Returns its id."""
-        data = manifest.to_bytes()
+    def write_manifest(self, manifest: Manifest, data: bytes | None = None) -> str:
+        """Store the manifest (immutable: a second write of the same bytes is a no-op). Returns its id. `data`: its
+        bytes, when the caller has encoded it already (a large model's manifest takes milliseconds to encode)."""
+        data = manifest.to_bytes() if data is None else data
         cid = manifest_id(data)
         failpoint("manifest.write")
         self.docs.create(keys.manifest_key(cid), data)

@@ -56,18 +56,20 @@ def save(src, name, tags, metrics, meta, parent, step, message, as_json, store_p
     Exit codes: 0 ok, 1 failure, 2 usage error (bad name, missing SRC).
     """
     metrics, meta = _pairs(metrics, "metric", numeric=True), _pairs(meta, "meta", numeric=False)
+    # The files the save will read (same walk as the store's), for the progress bar's total: checked once.
+    total: int | None = None
     try:
         store = open_store(store_path)
     except StoreNotFound:
         # save may create the store, but not for input it would refuse anyway: a typo must not leave an empty
         # store behind. So check what save checks (name, tags, the folder and every safetensors header) first.
-        Store.check_source(src, name, tags)
+        total = Store.check_source(src, name, tags)
         store = open_store(store_path, create=True)
         # Said out loud: a mistyped --store would otherwise scatter checkpoints over stores nobody knows of.
         err.print(f"Created a new store at {store.url}")
 
-    # The files the save will read (same walk as the store's), for the progress bar's total.
-    total = Store.check_source(src, name, tags) if Path(src).is_dir() else 0
+    if total is None:
+        total = Store.check_source(src, name, tags) if Path(src).is_dir() else 0
     started = time.time()
     try:
         with progress_bar(f"saving {name}", total) as advance:
