@@ -60,6 +60,7 @@ def test_tied_model_to_bf16_and_sharded_fp32(store, tmp_path):
     torch.testing.assert_close(_outputs(loaded), _outputs(model), rtol=0, atol=5e-2)
 
     sharded = store.convert("mlm/base", dtype="fp32", max_shard_size="20KB", name="mlm/sharded")
+    assert sharded.name == "mlm/sharded"
     files = [f.path for f in store.manifest("mlm/sharded").files]
     assert "model.safetensors.index.json" in files and sum(p.startswith("model-") for p in files) > 1
     loaded = AutoModelForMaskedLM.from_pretrained(store.export("mlm/sharded", tmp_path / "sharded")).eval()
