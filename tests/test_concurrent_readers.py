@@ -45,9 +45,10 @@ def _read(reader: Store, acked: Callable[[], set[str]]) -> tuple[int, float]:
     # Only acknowledged saves, plus at most the one being committed right now (the claim is its commit point).
     unacked = set(names) - acked()
     assert len(unacked) <= 1, unacked
-    if infos:
-        # One snapshot: `latest` is on exactly one of the checkpoints the same listing returns.
-        assert sum("latest" in c.tags for c in infos) == 1, [(c.name, c.tags) for c in infos]
+    # One snapshot: `latest` is on exactly one of the checkpoints the same listing returns, once the first commit
+    # has moved it (a commit indexes its checkpoint, then moves the tags).
+    carrying = sum("latest" in c.tags for c in infos)
+    assert carrying == 1 if len(infos) > 1 else carrying <= 1, [(c.name, c.tags) for c in infos]
     return len(infos), took
 
 
@@ -196,6 +197,7 @@ def test_reads_stay_prompt_while_another_process_saves_in_a_tight_loop(tmp_path)
             proc.kill()
             proc.wait()
         collector.join()
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 def test_a_writer_frozen_in_its_commit_holds_up_no_reader(tmp_path):
@@ -257,4 +259,5 @@ def test_a_store_opens_and_reads_while_another_process_holds_the_index_write_loc
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
 
