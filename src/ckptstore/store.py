@@ -130,9 +130,9 @@ class Store:
         return self._repo.catalog.id_for_name(name) is not None
 
     def refresh(self) -> None:
-        """Bring this Store's view up to date with what other processes saved, tagged and deleted since."""
-        with self._repo.commit_lock():
-            self._repo.sync()
+        """Bring this Store's view up to date with what other processes saved, tagged and deleted since. Never
+        waits for a writer (see README, Concurrent use)."""
+        self._repo.refresh()
 
     def reopen(self) -> "Store":
         """Another Store on the same storage with an index connection of its own (for another thread)."""

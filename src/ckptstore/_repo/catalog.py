@@ -11,13 +11,15 @@ cannot be written: the same cache, built from the same manifests.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .._core.failpoints import failpoint
@@ -114,6 +116,9 @@ def reader_index_path(identity: str) -> Path | None:
     return Path(base) / "ckptstore" / hashlib.sha256(identity.encode()).hexdigest()[:24] / "index.sqlite"
 
 
+_SCHEMA_NAMES = set(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA + modelindex.SCHEMA))
+_BUSY_MS = 60_000  # how long a write waits for another connection's write transaction (writers: their commits)
+
 _COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, file_count, metrics, metadata"
 
 
@@ -163,13 +168,38 @@ class Catalog:
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout = 60000")
-        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        db.execute("PRAGMA journal_mode = WAL")  # no lock taken when the file already is in WAL mode
         db.execute("PRAGMA synchronous = NORMAL")  # a cache: losing the last transaction on power loss is fine
-        db.executescript(_SCHEMA)
-        db.executescript(modelindex.SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if not _has_schema(db):
+            # CREATE ... IF NOT EXISTS and INSERT OR IGNORE take the write lock even when they change nothing: run
+            # only when something is missing, or every open waits for the writer of the moment (a reader's too).
+            db.executescript(_SCHEMA)
+            db.executescript(modelindex.SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         return db
+
+    @contextlib.contextmanager
+    def patience(self, seconds: float) -> Iterator[None]:
+        """Wait at most `seconds` for another connection's write transaction (then StoreLocked) meanwhile."""
+        self.db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run several queries on one snapshot: a commit landing between them is seen by all of them or none."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")  # deferred: a read transaction, which in WAL mode never waits for a writer
+        try:
+            yield
+        finally:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -225,13 +255,23 @@ class Catalog:
         """id -> name of the checkpoints whose manifest vanished behind the store's back."""
         return dict(self.db.execute("SELECT id, name FROM lost ORDER BY name").fetchall())
 
-    def set_tags(self, tags: dict[tuple[str, str], str]) -> None:
+    def set_tags(self, tags: dict[tuple[str, str], str], *, expected: dict[tuple[str, str], str] | None = None,
+                 known: set[str] | None = None) -> bool:
+        """Replace the tag rows with `tags`. With `expected`, only when the rows still are that (False when another
+        connection changed them since: its tags may be newer than the caller's). With `known`, only tags of those
+        checkpoints, or of ones indexed at that moment (a save that committed after the caller looked)."""
         failpoint("index.tags")
         with self._tx():
+            if expected is not None and self.tags() != expected:
+                return False
+            if known is not None:
+                ids = self.ids()
+                tags = {k: v for k, v in tags.items() if v in known or v in ids}
             self.db.execute("DELETE FROM tags")
             self.db.executemany(
                 "INSERT INTO tags (run, tag, id) VALUES (?,?,?)", [(r, t, i) for (r, t), i in tags.items()]
             )
+        return True
 
     def set_tag(self, run: str, tag: str, cid: str | None) -> None:
         """Index one tag as its document now says (None: removed), for a writer that just wrote that document
@@ -301,14 +341,16 @@ class Catalog:
             where.append("id IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(list(ids)))
         cond = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM checkpoints{cond}", args).fetchall()
+        with self.snapshot():  # rows, tags and annotations as of one commit
+            rows = self.db.execute(f"SELECT {_COLUMNS} FROM checkpoints{cond}", args).fetchall()
+            tag_rows = sorted(self.tags().items())
+            # Annotations override or extend what the manifest saved (see _annotations).
+            notes = {r[0]: (json.loads(r[1]), json.loads(r[2]), r[3]) for r in self.db.execute(
+                "SELECT id, metrics, metadata, message FROM annotations"
+                + (f" WHERE id IN (SELECT id FROM checkpoints{cond})" if cond else ""), args)}
         tags: dict[str, list[str]] = {}
-        for (_run, tag), cid in sorted(self.tags().items()):
+        for (_run, tag), cid in tag_rows:
             tags.setdefault(cid, []).append(tag)
-        # Annotations override or extend what the manifest saved (see _annotations).
-        notes = {r[0]: (json.loads(r[1]), json.loads(r[2]), r[3]) for r in self.db.execute(
-            "SELECT id, metrics, metadata, message FROM annotations"
-            + (f" WHERE id IN (SELECT id FROM checkpoints{cond})" if cond else ""), args)}
         none: tuple[dict, dict, str | None] = ({}, {}, None)
         out = [
             CheckpointInfo(
@@ -447,7 +489,14 @@ class _Transaction:
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as busy:
+            if "locked" in str(busy) or "busy" in str(busy):
+                raise StoreLocked(f"The index in {_db_folder(self.db)} is being written by another process.",
+                                  hint="Wait for it to finish (a process stopped in a commit holds it) and try"
+                                       " again.") from None
+            raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -464,6 +513,14 @@ class _Transaction:
                 self.db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError) and disk_full(exc):
                 raise StoreFull(_db_folder(self.db), "an index update") from exc
+
+
+def _has_schema(db: sqlite3.Connection) -> bool:
+    """Whether every table and index of the schema, and its version row, are there (read without a write lock)."""
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+    if not _SCHEMA_NAMES <= names:
+        return False
+    return db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is not None
 
 
 def _db_folder(db: sqlite3.Connection) -> str:

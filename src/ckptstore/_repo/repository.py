@@ -21,7 +21,7 @@ from .._core.names import run_of, split_tag_ref
 from .._core.suggest import close_matches
 from .._format.manifest import Manifest, manifest_id
 from ..config import StoreConfig
-from ..errors import AmbiguousReference, CheckpointNotFound, CkptError, InvalidArgument
+from ..errors import AmbiguousReference, CheckpointNotFound, CkptError, InvalidArgument, StoreLocked
 from . import documents as keys
 from . import format1
 from . import annotations
@@ -32,6 +32,8 @@ from .encoded import EncodedBlobs
 from .refs import Refs
 
 MIN_ID_PREFIX = 4
+# How long a reader's refresh waits for another process's index transaction (they last milliseconds).
+READER_PATIENCE = 2.0
 
 
 class Repository:
@@ -199,28 +201,48 @@ class Repository:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            self.refresh()
+        return self._catalog  # type: ignore[return-value]
+
+    def _open_catalog(self) -> Catalog:
+        if self._catalog is None:
             self._catalog = open_catalog(self.scratch, read_only=self.read_only, identity=self.identity)
-            # No lock: readers must not wait for a writer (one stopped in its commit would block them all). A sync
-            # that races a delete may index a checkpoint about to go; the next sync drops it (its deletion record
-            # is written first), so the race cannot make a checkpoint look lost.
-            self.sync()
         return self._catalog
+
+    def refresh(self) -> bool:
+        """`sync` for a reader: never waits for a writer. False when the index stayed write-locked for
+        READER_PATIENCE seconds (a process stopped inside an index transaction): the catalog is then served as the
+        last commit left it, a consistent snapshot, and the next refresh tries again.
+
+        No commit lock either: a reader waiting for it starved behind a writer saving in a tight loop, and one
+        stopped in its commit blocked them all. sync reads the catalog before the documents, and writes the tags
+        only if no one changed them since, so that racing a commit it can neither drop the new checkpoint, call it
+        lost, nor move a tag back. A sync that races a delete may index a checkpoint about to go; the next sync
+        drops it (its deletion record is written first), so the race cannot make a checkpoint look lost."""
+        cat = self._open_catalog()
+        with cat.patience(READER_PATIENCE):
+            try:
+                self.sync()
+            except StoreLocked:
+                return False
+        return True
 
     def sync(self) -> None:
         """Bring the catalog in line with the documents (they are the truth)."""
-        cat = self._catalog
-        if cat is None:
-            self.catalog  # opening syncs
-            return
+        cat = self._open_catalog()
         if self.journaled and self.config.format >= 2:
             if journal.incremental(self, cat):
                 modelindex.backfill(self, cat)
                 return
             started, listed = time.time(), journal.begin_full(self.docs)
+        # The catalog first, the documents after it: a save writes its manifest, then its claim, then its row, so
+        # a checkpoint indexed here is always among the manifests and claims listed next (never taken for one
+        # that vanished), whatever a writer does meanwhile.
+        indexed = cat.names_by_id()
+        indexed_tags = cat.tags()
         disk = self.manifest_ids()
         claims = self.claims(disk)
         visible = {cid: name for name, cid in claims.items() if cid in disk}
-        indexed = cat.names_by_id()
         renamed = {cid for cid, name in indexed.items() if cid in visible and visible[cid] != name}
         extra = set(indexed) - set(visible) | renamed
         if extra:
@@ -228,8 +250,11 @@ class Repository:
             cat.remove_many(deleted)
             cat.remove_many(extra - deleted, lost=True)
         known_lost = cat.lost()
+        # A claim listed without its manifest may be a save that wrote both after the manifests were listed: lost
+        # only if the manifest is still missing now (it is written before the claim).
         lost = [(cid, name) for name, cid in claims.items()
-                if cid not in disk and cid not in indexed and cid not in known_lost and not self.was_deleted(cid)]
+                if cid not in disk and cid not in indexed and cid not in known_lost and not self.was_deleted(cid)
+                and self.docs.get(keys.manifest_key(cid)) is None]
         if lost:
             cat.add_lost(lost)
         missing = set(visible) - (set(indexed) - extra) - set(self.damaged_manifests)
@@ -247,13 +272,23 @@ class Repository:
                 found.append((cid, manifest))
             found.sort(key=lambda item: item[1].created_at)
             cat.add_many(found)
-        tags = {k: v for k, v in self.refs.all().items() if v in visible}
-        if tags != cat.tags():
-            cat.set_tags(tags)
+        self._sync_tags(cat, set(visible), indexed_tags)
         annotations.sync(self.docs, cat)
         modelindex.backfill(self, cat)
         if self.journaled and self.config.format >= 2:
             journal.end_full(cat, listed, started)
+
+    def _sync_tags(self, cat: Catalog, visible: set[str], indexed: dict[tuple[str, str], str]) -> None:
+        """The tag rows from the tag documents, unless another connection wrote rows since `indexed` was read (its
+        documents may be newer than these): then read the documents again. A tag of a checkpoint saved after
+        `visible` was listed is kept once the checkpoint is indexed (its save indexes it before moving tags)."""
+        for _ in range(5):
+            tags = self.refs.all()
+            if {k: v for k, v in tags.items() if v in visible} == indexed:
+                return
+            if cat.set_tags(tags, expected=indexed, known=visible):
+                return
+            indexed = cat.tags()
 
     def reindex(self) -> int:
         """Throw the catalog away and rebuild it from the documents. Returns the number of checkpoints."""
@@ -272,6 +307,7 @@ class Repository:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     Path(path + suffix).unlink(missing_ok=True)
             self.damaged_manifests.clear()
+            self.sync()
             return len(self.catalog.ids())
 
     # -- references --------------------------------------------------------------------------------------------------
