@@ -184,3 +184,19 @@ def test_blob_cache_takes_only_matching_bytes_and_drops_the_least_recently_used_
     # A cached file of the wrong size (damaged on the local disk) is dropped, not served.
     Path(cache.path(digests[2])).write_bytes(b"short")
     assert cache.path(digests[2], len(blobs[2])) is None and cache.path(digests[2]) is None
+
+
+def test_a_store_made_again_at_the_same_url_gets_a_fresh_index(s3_url, moto_server, tiny_bert_dir):
+    """The local index of a remote store is a cache of that store: after the prefix is emptied and a new store is
+    made at the same URL, the old store's checkpoints are neither listed nor in the way of a save."""
+    old = Store.init(s3_url)
+    old.save(tiny_bert_dir, "bert/step-1", tags=["v1"])
+    old.close()
+    client = moto_server.client()
+    bucket, prefix = s3_url[len("s3://"):].split("/", 1)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])]
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+    new = Store.init(s3_url)
+    assert new.list() == []
+    info = new.save(tiny_bert_dir, "bert/step-1")
+    assert [i.name for i in Store.open(s3_url).list()] == ["bert/step-1"] and info.tags == ("latest",)

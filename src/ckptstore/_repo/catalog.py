@@ -85,22 +85,24 @@ def disk_full(exc: BaseException) -> bool:
     return _sqlite_code(exc) == _SQLITE_FULL or "database or disk is full" in str(exc)
 
 
-def open_catalog(root: Path, *, read_only: bool, identity: str) -> Catalog:
+def open_catalog(root: Path, *, read_only: bool, identity: str, store_id: str | None = None) -> Catalog:
     """The store's own index in `root`; for a process that cannot write it, an index of its own (see the module
-    docstring), named after the store's `identity`."""
+    docstring), named after the store's `identity`. `store_id`: the id in the store's store.json, which the index
+    records; an index recorded for another id (a remote store's local index, kept by URL, after a new store was
+    made at that URL) is thrown away and rebuilt, never taken for this store's."""
     if not read_only:
         try:
-            return Catalog(root / "index.sqlite")
+            return Catalog(root / "index.sqlite", store_id=store_id)
         except IndexNotWritable:
             pass
     path = reader_index_path(identity)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return Catalog(path)
+            return Catalog(path, store_id=store_id)
         except (OSError, IndexNotWritable):
             pass
-    return Catalog(":memory:")
+    return Catalog(":memory:", store_id=store_id)
 
 
 def reader_index_path(identity: str) -> Path | None:
@@ -123,8 +125,9 @@ _COLUMNS = "id, name, run, step, created_at, parent, message, logical_bytes, fil
 
 
 class Catalog:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, store_id: str | None = None) -> None:
         self.path = path
+        self.store_id = store_id
         self.db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -137,6 +140,12 @@ class Catalog:
             # every page once (a few ms per MB of index) so damage is found here, where it can be rebuilt.
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("index damaged")
+            if self.store_id is not None:
+                row = db.execute("SELECT value FROM meta WHERE key = 'store'").fetchone()
+                if row is None:  # an index from before the id was recorded: recorded once
+                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store', ?)", (self.store_id,))
+                elif row[0] != self.store_id:
+                    raise sqlite3.DatabaseError("the index of another store")
             return db
         except OSError as exc:
             if exc.errno in _NOT_WRITABLE:
@@ -177,6 +186,8 @@ class Catalog:
             db.executescript(_SCHEMA)
             db.executescript(modelindex.SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            if self.store_id is not None:
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store', ?)", (self.store_id,))
         return db
 
     @contextlib.contextmanager

@@ -206,7 +206,8 @@ class Repository:
 
     def _open_catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = open_catalog(self.scratch, read_only=self.read_only, identity=self.identity)
+            self._catalog = open_catalog(self.scratch, read_only=self.read_only, identity=self.identity,
+                                         store_id=self.config.id)
         return self._catalog
 
     def refresh(self) -> bool:
