@@ -218,8 +218,8 @@ def _predecoded(blobs: Blobs, files: list[FileEntry], *, verify: bool = False) -
     of threads (zstd and BLAKE3 release the GIL) into the local blob cache, or found there already decoded by an
     earlier load: either way they then map zero-copy, as raw blobs do."""
     stored_size = getattr(blobs, "stored_size", None)
-    if stored_size is None:
-        return blobs
+    if stored_size is None or not getattr(blobs, "encodings", False):
+        return blobs  # a store whose blobs are all raw (object storage): not one stat for it
     packed = sorted({(b.digest, b.size) for f in files for b in f.blobs[1:]
                      if stored_size(b.digest) not in (None, b.size)})
     if not packed:
