@@ -141,10 +141,10 @@ class Catalog:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("index damaged")
             if self.store_id is not None:
+                # Read only: opening never writes (it would wait for the writer of the moment). An index made
+                # before the id was recorded has none and is not checked.
                 row = db.execute("SELECT value FROM meta WHERE key = 'store'").fetchone()
-                if row is None:  # an index from before the id was recorded: recorded once
-                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store', ?)", (self.store_id,))
-                elif row[0] != self.store_id:
+                if row is not None and row[0] != self.store_id:
                     raise sqlite3.DatabaseError("the index of another store")
             return db
         except OSError as exc:
@@ -185,9 +185,10 @@ class Catalog:
             # only when something is missing, or every open waits for the writer of the moment (a reader's too).
             db.executescript(_SCHEMA)
             db.executescript(modelindex.SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            # The store's id before the schema row: an opener that finds the schema complete finds the id too.
             if self.store_id is not None:
                 db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store', ?)", (self.store_id,))
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         return db
 
     @contextlib.contextmanager
