@@ -56,12 +56,19 @@ class EncodedBlobs:
         return getattr(self.inner, name)
 
     # -- what is stored ---------------------------------------------------------------------------------------
+    def _stored(self, digest: str) -> tuple[int | None, Header | None]:
+        """The stored object's size (None: missing) and its header (None: raw), from one stat and, only for an
+        object long enough to hold one, one read of its first bytes."""
+        size = self.inner.size(digest)
+        if size is None or size < HEADER_SIZE or not self.encodings:
+            return size, None
+        return size, parse_header(self.inner.read(digest, 0, HEADER_SIZE), digest)
+
     def header(self, digest: str) -> Header | None:
         """The header of the blob's stored object when it is encoded; None when it is stored raw (or missing)."""
-        size = self.inner.size(digest) if self.encodings else None
-        if size is None or size < HEADER_SIZE:
+        if not self.encodings:
             return None
-        return parse_header(self.inner.read(digest, 0, HEADER_SIZE), digest)
+        return self._stored(digest)[1]
 
     def stored_size(self, digest: str) -> int | None:
         return self.inner.size(digest)
@@ -75,13 +82,13 @@ class EncodedBlobs:
             if len(out) > MAX_DECODE_CHAIN:
                 raise CorruptObject(f"Blob {digest[:12]} has a delta chain longer than {MAX_DECODE_CHAIN} (a loop?).",
                                     digest=digest)
-            if self.inner.size(current) is None:
+            size, head = self._stored(current)
+            if size is None:
                 raise CorruptObject(
                     f"Blob {digest[:12]} is missing" if current == digest
                     else f"Blob {digest[:12]} is a delta whose base {current[:12]} is missing from the store.",
                     digest=digest,
                 )
-            head = self.header(current)
             if head is None:
                 break
             out.append(head)
@@ -90,10 +97,7 @@ class EncodedBlobs:
 
     # -- the Blobs protocol, raw --------------------------------------------------------------------------------
     def size(self, digest: str) -> int | None:
-        stored = self.inner.size(digest)
-        if stored is None or stored < HEADER_SIZE or not self.encodings:
-            return stored
-        head = parse_header(self.inner.read(digest, 0, HEADER_SIZE), digest)
+        stored, head = self._stored(digest)
         return stored if head is None else head.raw_size
 
     def read(self, digest: str, start: int = 0, end: int | None = None) -> bytes:
